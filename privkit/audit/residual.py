@@ -1,0 +1,687 @@
+r"""Residual knowledge of an unlearned model (Hsu et al., NeurIPS 2025, arXiv 2601.22359).
+
+Certified unlearning compares an unlearned model :math:`m` with a model :math:`a` retrained
+without the forget set only *at* the forget samples. A slightly perturbed forget sample may still
+be recognised by :math:`m` although :math:`a` never learned it. The *residual knowledge* of a
+forget sample :math:`(x, y)` at radius :math:`\tau` is
+
+.. math::
+
+    r_\tau(x, y) = \frac{\Pr_{x' \in B_p(x, \tau)}[m(x') = y]}{\Pr_{x' \in B_p(x, \tau)}[a(x') = y]},
+
+with :math:`B_p(x, \tau) = \{x' : \lVert x' - x \rVert_p \le \tau\}`. :math:`r_\tau > 1` means the
+unlearned model recognises the neighbourhood of the forget sample better than a model that never
+saw it.
+
+Estimation (:func:`residual_knowledge`): for every forget sample draw :math:`K` perturbations
+:math:`x'_1, \dots, x'_K` with a registered sampler (clipped to the valid input range), feed the
+*same* perturbations to both models, count the correct predictions :math:`k_m` and :math:`k_a`,
+and use the add-one smoothed ratio
+
+.. math::
+
+    \hat r_\tau(x, y) = \frac{k_m + 1}{k_a + 1},
+
+which stays finite when the reference never recognises the neighbourhood. Per :math:`\tau` the
+result reports the mean of :math:`\hat r_\tau` over forget samples with a confidence interval
+(percentile bootstrap over forget samples, seeded; or a Student-t interval), the fraction of forget
+samples with :math:`\hat r_\tau > 1`, and both raw recognition rates :math:`\sum k / (N K)`.
+
+Two tiers:
+
+* ``tier="reference"`` -- a retrained reference model :math:`a` is available (the paper's setting).
+* ``tier="heldout"`` -- weaker, when no retrained model exists: the denominator is the recognition
+  rate of :math:`m` itself on the neighbourhoods of *held-out* samples of the same class,
+  :math:`\hat r_\tau(x, y) = (k_m + 1) / (K \bar p_{\text{held-out}}(y) + 1)`. It measures whether
+  the forget samples' neighbourhoods are recognised better than those of comparable samples the
+  model never trained on, which is evidence of memorisation but not a comparison with retraining.
+
+Randomness: the perturbations of forget sample number :math:`i` (in the order given) are drawn from
+their own generator seeded by ``(seed, i)``, so results do not depend on ``batch_size`` or on how
+``x`` is split into batches, and the same unit draws are reused for every :math:`\tau` (common
+random numbers: the curves over :math:`\tau` are smooth rather than noisy).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from privkit.errors import ConfigError
+
+__all__ = [
+    "NORMS",
+    "SAMPLERS",
+    "CI_METHODS",
+    "register_sampler",
+    "register_ci",
+    "NoiseStreams",
+    "sample_ball",
+    "project_ball",
+    "residual_knowledge",
+    "residual_knowledge_loop",
+    "ResidualResult",
+]
+
+NORMS = ("linf", "l2")
+
+#: name -> sampler; see :func:`register_sampler` for the signature.
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {}
+
+#: name -> confidence-interval function ``(values, confidence, rng) -> (low, high)``.
+CI_METHODS: dict[str, Callable[[np.ndarray, float, np.random.Generator], tuple[float, float]]] = {}
+
+# A generator seed is 64 bits; (seed, index) pairs are mixed into it with a large odd multiplier
+# so that neighbouring forget samples and neighbouring seeds give unrelated streams.
+_SEED_MIX = 0x9E3779B97F4A7C15
+_SEED_MASK = (1 << 63) - 1
+
+
+def register_sampler(name: str):
+    """Register a perturbation sampler under ``name`` (decorator).
+
+    A sampler is called as ``sampler(x, y, *, tau, norm, samples, streams, clip, model, **options)``
+    with ``x`` of shape ``(B, *input_shape)`` and returns perturbed inputs of shape
+    ``(B, samples, *input_shape)``, each within the valid input range ``clip``. ``streams`` is a
+    :class:`NoiseStreams` giving one random generator per sample.
+    """
+
+    def decorate(fn):
+        SAMPLERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def register_ci(name: str):
+    """Register a confidence-interval method for the mean of per-sample ratios (decorator)."""
+
+    def decorate(fn):
+        CI_METHODS[name] = fn
+        return fn
+
+    return decorate
+
+
+class NoiseStreams:
+    """One torch generator seed per sample; every draw re-seeds, so draws are reproducible.
+
+    Drawing per sample (rather than one tensor for the whole batch) makes the perturbations of a
+    sample independent of which other samples share its batch, so the batched estimator and the
+    plain loop see exactly the same perturbations, whatever the batch size.
+
+    Parameters
+    ----------
+    seeds : sequence of int
+        One 63-bit generator seed per sample.
+    device : torch.device or str
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(device)
+
+    @classmethod
+    def for_samples(cls, seed: int, indices: Sequence[int], device="cpu") -> "NoiseStreams":
+        """Streams of the samples numbered ``indices`` under the audit seed ``seed``."""
+        return cls([((int(seed) + 1) * _SEED_MIX + int(i) * 0x85EBCA6B) & _SEED_MASK for i in indices], device)
+
+    @classmethod
+    def from_generator(cls, generator: torch.Generator, count: int, device="cpu") -> "NoiseStreams":
+        """Streams for ``count`` samples whose seeds are drawn from ``generator`` (used by RURK)."""
+        return cls(torch.randint(0, 2**62, (count,), generator=generator).tolist(), device)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def per_sample(self, draw: Callable[[torch.Generator], torch.Tensor | tuple]):
+        """Stack ``draw(generator)`` over samples (element-wise when ``draw`` returns a tuple)."""
+        out = []
+        gen = torch.Generator(device=self.device)
+        for s in self.seeds:
+            gen.manual_seed(s)
+            out.append(draw(gen))
+        if out and isinstance(out[0], tuple):
+            return tuple(torch.stack(parts) for parts in zip(*out))
+        return torch.stack(out)
+
+
+# --------------------------------------------------------------------------------------------
+# geometry: drawing in and projecting onto the tau-ball
+# --------------------------------------------------------------------------------------------
+def _clip(x: torch.Tensor, clip: tuple[float, float] | None) -> torch.Tensor:
+    return x if clip is None else x.clamp_(clip[0], clip[1])
+
+
+def _flat_norm(delta: torch.Tensor, start_dim: int) -> torch.Tensor:
+    """L2 norm over all dimensions from ``start_dim`` on, shaped to broadcast back onto ``delta``."""
+    n = delta.flatten(start_dim).norm(dim=-1)
+    return n.reshape(*n.shape, *([1] * (delta.dim() - start_dim)))
+
+
+def project_ball(x_adv: torch.Tensor, x: torch.Tensor, tau: float, norm: str,
+                 clip: tuple[float, float] | None) -> torch.Tensor:
+    r"""Project ``x_adv`` (shape ``(B, K, *s)``) onto :math:`B_p(x, \tau)`, then into the clip box.
+
+    Clipping after the projection cannot leave the ball when ``x`` itself lies in the box: moving a
+    coordinate towards the box moves it towards :math:`x_i`, which shrinks every :math:`|x'_i - x_i|`.
+    """
+    delta = x_adv - x.unsqueeze(1)
+    if norm == "linf":
+        delta = delta.clamp(-tau, tau)
+    else:
+        scale = (tau / _flat_norm(delta, 2).clamp_min(1e-12)).clamp(max=1.0)
+        delta = delta * scale
+    return _clip(x.unsqueeze(1) + delta, clip)
+
+
+def sample_ball(x: torch.Tensor, tau: float, norm: str, samples: int, streams: NoiseStreams,
+                clip: tuple[float, float] | None) -> torch.Tensor:
+    r"""Uniform draws in :math:`B_p(x, \tau)`, clipped: ``(B, *s) -> (B, samples, *s)``.
+
+    L-inf: :math:`x' = x + \tau (2U - 1)` with :math:`U \sim \mathcal U[0,1]^d`. L2: direction
+    :math:`g / \lVert g \rVert_2` with :math:`g \sim \mathcal N(0, I_d)`, radius :math:`\tau U^{1/d}`
+    (the radius law of the uniform distribution in a :math:`d`-ball).
+    """
+    shape = tuple(x.shape[1:])
+    d = int(np.prod(shape)) if shape else 1
+    if norm == "linf":
+        unit = streams.per_sample(lambda g: torch.rand((samples, *shape), generator=g, device=streams.device))
+        # in place: (2U - 1) * tau + x, without extra temporaries of the (B, K, *s) size
+        out = unit.mul_(2.0 * tau).sub_(tau).add_(x.unsqueeze(1))
+    else:
+        def draw(g):
+            direction = torch.randn((samples, *shape), generator=g, device=streams.device)
+            radius = torch.rand((samples,), generator=g, device=streams.device).pow_(1.0 / d)
+            return direction, radius
+
+        direction, radius = streams.per_sample(draw)
+        direction = direction / _flat_norm(direction, 2).clamp_min(1e-12)
+        radius = radius.reshape(*radius.shape, *([1] * len(shape)))
+        out = direction.mul_(radius * tau).add_(x.unsqueeze(1))
+    return _clip(out, clip)
+
+
+@register_sampler("uniform")
+def uniform_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, **options):
+    r"""Uniform in the L-inf or L2 ball of radius :math:`\tau` around ``x``, clipped to ``clip``."""
+    return sample_ball(x, tau, norm, samples, streams, clip)
+
+
+@register_sampler("gaussian")
+def gaussian_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, **options):
+    r"""Isotropic Gaussian noise, clipped to ``clip``.
+
+    :math:`\sigma = \tau` per dimension for ``linf``; :math:`\sigma = \tau / \sqrt d` for ``l2`` so the
+    expected squared L2 length of the noise is :math:`\tau^2`. Gaussian draws are *not* confined to
+    the ball: this sampler probes a soft neighbourhood of scale :math:`\tau`.
+    """
+    shape = tuple(x.shape[1:])
+    d = int(np.prod(shape)) if shape else 1
+    sigma = tau if norm == "linf" else tau / math.sqrt(d)
+    noise = streams.per_sample(lambda g: torch.randn((samples, *shape), generator=g, device=streams.device))
+    return _clip(noise.mul_(sigma).add_(x.unsqueeze(1)), clip)
+
+
+@register_sampler("pgd")
+def pgd_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, steps: int = 10,
+                step_size: float | None = None, **options):
+    r"""Vulnerable perturbations: projected gradient *ascent* on :math:`\log m(y \mid x')` in the ball.
+
+    Starts from ``samples`` uniform draws in the ball (random start), then ``steps`` iterations of
+    :math:`x' \leftarrow \Pi_{B_p(x,\tau) \cap \text{clip}}(x' + \alpha\, s(\nabla_{x'} \log m(y|x')))`
+    with :math:`s` the sign (L-inf) or the L2-normalised gradient (L2) and
+    :math:`\alpha = 2.5 \tau / \text{steps}` unless ``step_size`` is given. Only input gradients are
+    computed; the model's parameters are not touched.
+    """
+    if model is None:
+        raise ConfigError("sampler 'pgd' needs the model whose true-class probability it maximises; pass model=")
+    alpha = 2.5 * tau / max(1, steps) if step_size is None else float(step_size)
+    x_adv = sample_ball(x, tau, norm, samples, streams, clip)
+    b, k = x_adv.shape[:2]
+    y_rep = y.repeat_interleave(k)
+    with torch.enable_grad():
+        for _ in range(steps):
+            x_adv = x_adv.detach().requires_grad_(True)
+            logp = F.log_softmax(model(x_adv.flatten(0, 1)), dim=-1)
+            objective = logp.gather(1, y_rep[:, None]).sum()
+            (grad,) = torch.autograd.grad(objective, x_adv)
+            if norm == "linf":
+                step = grad.sign()
+            else:
+                step = grad / _flat_norm(grad, 2).clamp_min(1e-12)
+            x_adv = project_ball(x_adv.detach() + alpha * step, x, tau, norm, clip)
+    return x_adv.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# confidence intervals for the mean ratio
+# --------------------------------------------------------------------------------------------
+@register_ci("bootstrap")
+def bootstrap_ci(values: np.ndarray, confidence: float, rng: np.random.Generator,
+                 resamples: int = 2000) -> tuple[float, float]:
+    """Percentile bootstrap over forget samples (resamples them with replacement)."""
+    n = len(values)
+    if n == 1:
+        return float(values[0]), float(values[0])
+    means = np.empty(resamples)
+    # resample in blocks so memory stays at block * n, not resamples * n
+    block = max(1, min(resamples, 2_000_000 // n))
+    for start in range(0, resamples, block):
+        stop = min(resamples, start + block)
+        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
+
+
+@register_ci("t")
+def t_ci(values: np.ndarray, confidence: float, rng: np.random.Generator) -> tuple[float, float]:
+    """Student-t interval: mean +- t_{(1+c)/2, n-1} * s / sqrt(n)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = float(values.mean())
+    if n == 1:
+        return mean, mean
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return mean - half, mean + half
+
+
+# --------------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ResidualResult:
+    r"""Counts and summaries of a residual-knowledge audit.
+
+    Attributes
+    ----------
+    taus : ndarray (T,)
+    k_unlearned : ndarray (T, N) int
+        :math:`k_m`: correct predictions of the unlearned model among the ``samples`` perturbations.
+    k_reference : ndarray (T, N) float
+        :math:`k_a` (integer counts, tier ``reference``) or :math:`K \bar p_{\text{held-out}}(y)`
+        (tier ``heldout``).
+    labels : ndarray (N,) int
+    tier : {"reference", "heldout"}
+    summary : list of dict, one per tau, with ``tau``, ``mean_r_tau``, ``ci_low``, ``ci_high``,
+        ``frac_above_1``, ``recognition_unlearned``, ``recognition_reference``.
+    """
+
+    taus: np.ndarray
+    k_unlearned: np.ndarray
+    k_reference: np.ndarray
+    labels: np.ndarray
+    samples: int
+    norm: str
+    sampler: str
+    tier: str
+    confidence: float
+    ci_method: str
+    summary: list = field(default_factory=list)
+
+    @property
+    def r_tau(self) -> np.ndarray:
+        r"""Smoothed per-sample ratios :math:`(k_m + 1) / (k_a + 1)`, shape (T, N)."""
+        return (self.k_unlearned + 1.0) / (self.k_reference + 1.0)
+
+    def _tau_index(self, tau: float | None) -> int:
+        if tau is None:
+            # default headline: the middle of the grid (the paper's ~0.03 on the CLI's default grid)
+            return (len(self.taus) - 1) // 2
+        hits = np.flatnonzero(np.isclose(self.taus, float(tau), rtol=1e-6, atol=1e-12))
+        if hits.size == 0:
+            raise ConfigError(f"headline tau {tau} is not in the audited grid {self.taus.tolist()}; "
+                              "pick one of those or add it to --tau")
+        return int(hits[0])
+
+    def to_metrics(self, headline_tau: float | None = None) -> dict:
+        """Headline keys (``mean_r_tau``, ``ci_low``, ``ci_high``, ``frac_above_1``, the raw rates,
+        ``tau``) plus ``tier``, ``norm``, ``sampler``, ``samples``, ``confidence`` and the per-tau table."""
+        row = dict(self.summary[self._tau_index(headline_tau)])
+        out = {
+            "mean_r_tau": row["mean_r_tau"],
+            "ci_low": row["ci_low"],
+            "ci_high": row["ci_high"],
+            "frac_above_1": row["frac_above_1"],
+            "recognition_unlearned": row["recognition_unlearned"],
+            "recognition_reference": row["recognition_reference"],
+            "tau": row["tau"],
+            "tier": self.tier,
+            "norm": self.norm,
+            "sampler": self.sampler,
+            "samples": self.samples,
+            "num_forget": int(self.labels.shape[0]),
+            "confidence": self.confidence,
+            "ci_method": self.ci_method,
+            "per_tau": [dict(r) for r in self.summary],
+        }
+        return out
+
+    def top_samples(self, n: int = 8, tau: float | None = None) -> np.ndarray:
+        """Positions (in the order the forget samples were given) of the ``n`` highest r_tau, descending.
+
+        Ties are broken by the lower reference count, then by position, so the order is stable.
+        """
+        t = self._tau_index(tau)
+        r = self.r_tau[t]
+        order = np.lexsort((np.arange(r.size), self.k_reference[t], -r))
+        return order[: max(0, int(n))]
+
+    def verdict(self, tau: float | None = None) -> str:
+        """One plain-language sentence on the headline tau."""
+        row = self.summary[self._tau_index(tau)]
+        level = f"{round(100 * self.confidence)}%"
+        facts = (f"at tau={row['tau']:g} ({self.norm}, {self.sampler}) mean r_tau = {row['mean_r_tau']:.3f} "
+                 f"({level} CI [{row['ci_low']:.3f}, {row['ci_high']:.3f}]), "
+                 f"{100 * row['frac_above_1']:.1f}% of forget samples above 1")
+        if self.tier == "reference":
+            versus = "a model retrained without them"
+        else:
+            versus = "held-out samples of the same class (weaker held-out tier: no retrained reference was given)"
+        if row["ci_low"] > 1.0:
+            return (f"Residual knowledge detected: the unlearned model still recognises perturbed forget samples "
+                    f"more often than {versus}; {facts}.")
+        if row["ci_high"] < 1.0:
+            return (f"No residual knowledge at this radius: the unlearned model recognises perturbed forget samples "
+                    f"less often than {versus}; {facts}.")
+        return (f"No evidence of residual knowledge at this radius: the confidence interval covers 1 when "
+                f"compared with {versus}; {facts}.")
+
+
+# --------------------------------------------------------------------------------------------
+# validation and input handling
+# --------------------------------------------------------------------------------------------
+def _check_config(taus, norm, sampler, samples, confidence, ci_method, clip) -> np.ndarray:
+    if np.isscalar(taus):
+        taus = [taus]
+    taus_arr = np.asarray(list(taus), dtype=np.float64)
+    if taus_arr.size == 0:
+        raise ConfigError("no tau given; pass at least one radius, e.g. --tau 0.03")
+    for t in taus_arr:
+        if not np.isfinite(t) or t <= 0:
+            raise ConfigError(f"tau={t:g} is not a positive radius; use values > 0 such as 0.01,0.03,0.1")
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; use one of {', '.join(sorted(SAMPLERS))}")
+    if int(samples) != samples or samples < 1:
+        raise ConfigError(f"samples={samples} perturbations per forget sample; use an integer >= 1, e.g. 64")
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence={confidence} must lie strictly between 0 and 1, e.g. 0.95")
+    if ci_method not in CI_METHODS:
+        raise ConfigError(f"unknown confidence-interval method {ci_method!r}; use one of {', '.join(sorted(CI_METHODS))}")
+    if clip is not None and not (len(clip) == 2 and float(clip[0]) < float(clip[1])):
+        raise ConfigError(f"clip={clip} must be a (low, high) pair with low < high, or None for no clipping")
+    return taus_arr
+
+
+def _labels_1d(y: torch.Tensor, label_column: int | None) -> torch.Tensor:
+    y = torch.as_tensor(y)
+    if y.dim() == 2:
+        if label_column is not None:
+            y = y[:, label_column]
+        elif y.shape[1] == 1:
+            y = y[:, 0]
+        else:
+            raise ConfigError(f"labels have {y.shape[1]} columns (one per attribute); pass label_column= "
+                              "to pick the attribute the models predict")
+    if y.dim() != 1:
+        raise ConfigError(f"labels of shape {list(y.shape)} are not one class index per sample")
+    return y.long()
+
+
+def _iter_batches(x, y, label_column):
+    """Normalise the inputs to an iterator of ``(x_batch, y_batch)``.
+
+    ``x`` is a tensor ``(N, *input_shape)`` with ``y`` ``(N,)``, or (``y=None``) an iterable of
+    ``(x, y)`` pairs or ``(indices, x, y)`` triples such as ``AttributeDataset.batches`` yields.
+    """
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        if y is None:
+            raise ConfigError("x is a tensor but y is missing; pass the forget labels as y")
+        yield torch.as_tensor(x, dtype=torch.float32), _labels_1d(y, label_column)
+        return
+    if y is not None:
+        raise ConfigError("y must be None when x is an iterable of (x, y) batches")
+    for item in x:
+        xb, yb = item[-2], item[-1]
+        yield torch.as_tensor(xb, dtype=torch.float32), _labels_1d(yb, label_column)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class _EvalMode:
+    """Put models in eval mode for the audit and restore their previous modes afterwards."""
+
+    def __init__(self, *models):
+        self.models = [m for m in models if m is not None]
+
+    def __enter__(self):
+        self.modes = [m.training for m in self.models]
+        for m in self.models:
+            m.eval()
+
+    def __exit__(self, *exc):
+        for m, mode in zip(self.models, self.modes):
+            m.train(mode)
+        return False
+
+
+def _count_correct(model: nn.Module, x_pert: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correct predictions per sample among its perturbations: ``(B, K, *s) -> (B,)``."""
+    b, k = x_pert.shape[:2]
+    with torch.no_grad():
+        pred = model(x_pert.flatten(0, 1)).argmax(dim=-1).view(b, k)
+    return (pred == y[:, None]).sum(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# estimator
+# --------------------------------------------------------------------------------------------
+def _neighbourhood_counts(model_for_sampler, models, x, y, taus, norm, sampler, samples, batch_size, seed,
+                          clip, label_column, sampler_options, stream_offset=0):
+    """Counts of correct predictions of each of ``models`` on the same perturbations: list of (T, N).
+
+    Forget samples are processed in chunks of ``max(1, batch_size // samples)`` so one forward pass
+    sees at most ``batch_size`` perturbed inputs and memory does not grow with N.
+    """
+    sampler_fn = SAMPLERS[sampler]
+    device = _model_device(model_for_sampler)
+    chunk = max(1, int(batch_size) // int(samples))
+    counts = [[] for _ in models]
+    seen = 0
+    for xb, yb in _iter_batches(x, y, label_column):
+        if xb.shape[0] != yb.shape[0]:
+            raise ConfigError(f"a batch has {xb.shape[0]} inputs but {yb.shape[0]} labels; give one label per input")
+        for start in range(0, xb.shape[0], chunk):
+            xc = xb[start:start + chunk].to(device)
+            yc = yb[start:start + chunk].to(device)
+            streams = NoiseStreams.for_samples(seed, range(stream_offset + seen, stream_offset + seen + xc.shape[0]),
+                                               device)
+            per_tau = [np.empty((len(taus), xc.shape[0]), dtype=np.int64) for _ in models]
+            for t, tau in enumerate(taus):
+                x_pert = sampler_fn(xc, yc, tau=float(tau), norm=norm, samples=int(samples), streams=streams,
+                                    clip=clip, model=model_for_sampler, **sampler_options)
+                for j, model in enumerate(models):
+                    per_tau[j][t] = _count_correct(model, x_pert, yc).cpu().numpy()
+                del x_pert
+            for j in range(len(models)):
+                counts[j].append(per_tau[j])
+            seen += xc.shape[0]
+    if seen == 0:
+        return None
+    return [np.concatenate(c, axis=1) for c in counts]
+
+
+def _summarise(taus, k_m, k_a, samples, confidence, ci_method, seed) -> list[dict]:
+    r = (k_m + 1.0) / (k_a + 1.0)
+    rows = []
+    for t, tau in enumerate(taus):
+        rng = np.random.default_rng([int(seed), t])
+        low, high = CI_METHODS[ci_method](r[t], confidence, rng)
+        rows.append({
+            "tau": float(tau),
+            "mean_r_tau": float(r[t].mean()),
+            "ci_low": low,
+            "ci_high": high,
+            "frac_above_1": float((r[t] > 1.0).mean()),
+            "recognition_unlearned": float(k_m[t].sum() / (samples * k_m.shape[1])),
+            "recognition_reference": float(k_a[t].sum() / (samples * k_a.shape[1])),
+        })
+    return rows
+
+
+def residual_knowledge(unlearned: nn.Module, reference: nn.Module | None, x, y=None, taus=(0.01, 0.02, 0.03, 0.05, 0.1),
+                       norm: str = "linf", sampler: str = "uniform", samples: int = 64, batch_size: int = 4096,
+                       seed: int = 0, clip: tuple[float, float] | None = (0.0, 1.0), confidence: float = 0.95,
+                       ci_method: str = "bootstrap", heldout_x=None, heldout_y=None, label_column: int | None = None,
+                       sampler_options: dict | None = None) -> ResidualResult:
+    r"""Estimate residual knowledge :math:`r_\tau` of the forget set for every radius in ``taus``.
+
+    Parameters
+    ----------
+    unlearned : nn.Module
+        :math:`m`, a classifier returning logits ``(B, C)``.
+    reference : nn.Module or None
+        :math:`a`, retrained without the forget set. ``None`` selects the weaker ``heldout`` tier,
+        which needs ``heldout_x``/``heldout_y``.
+    x, y :
+        Forget samples ``(N, *input_shape)`` and labels ``(N,)``; or ``x`` an iterable of ``(x, y)``
+        batches (or ``(indices, x, y)`` triples) with ``y=None``, read once, chunk by chunk.
+    taus : float or sequence of float
+        Radii :math:`\tau > 0` of the ball :math:`B_p(x, \tau)`.
+    norm : {"linf", "l2"}
+    sampler : str
+        A name in :data:`SAMPLERS`: ``uniform``, ``gaussian`` or ``pgd``.
+    samples : int
+        :math:`K`, perturbations per forget sample.
+    batch_size : int
+        Most perturbed inputs per forward pass; ``batch_size // samples`` forget samples per chunk.
+    seed : int
+        Seeds the perturbations (per sample, see module docstring) and the bootstrap.
+    clip : (float, float) or None
+        Valid input range; perturbations are clipped into it.
+    confidence : float
+        Level of the interval on the mean :math:`\hat r_\tau`.
+    ci_method : {"bootstrap", "t"}
+        Percentile bootstrap over forget samples (2000 resamples, seeded) or Student-t interval.
+    heldout_x, heldout_y :
+        Held-out samples (never trained on) for the ``heldout`` tier, same forms as ``x``, ``y``;
+        every class present in the forget set needs at least one.
+    label_column : int, optional
+        Column of 2-D label matrices (``AttributeDataset`` attrs) holding the predicted attribute.
+    sampler_options : dict, optional
+        Extra keyword arguments of the sampler (``steps``, ``step_size`` for ``pgd``).
+
+    Returns
+    -------
+    ResidualResult
+    """
+    taus_arr = _check_config(taus, norm, sampler, samples, confidence, ci_method, clip)
+    options = dict(sampler_options or {})
+    if reference is None and heldout_x is None:
+        raise ConfigError("no reference model and no held-out samples; pass --reference RUN (a retrained model) "
+                          "or held-out samples for the weaker held-out tier")
+    with _EvalMode(unlearned, reference):
+        labels = []
+
+        def recording(batches):
+            # keep the labels as they stream past so x can be a one-shot iterable
+            for xb, yb in batches:
+                labels.append(yb.cpu().numpy())
+                yield xb, yb
+
+        forget = recording(_iter_batches(x, y, label_column))
+        models = [unlearned] if reference is None else [unlearned, reference]
+        counts = _neighbourhood_counts(unlearned, models, forget, None, taus_arr, norm, sampler, samples,
+                                       batch_size, seed, clip, None, options)
+        if counts is None:
+            raise ConfigError("the forget set is empty; check the --forget selection matches some samples")
+        y_all = np.concatenate(labels)
+        k_m = counts[0]
+        if reference is not None:
+            tier = "reference"
+            k_a = counts[1].astype(np.float64)
+        else:
+            tier = "heldout"
+            k_a = _heldout_denominator(unlearned, heldout_x, heldout_y, y_all, taus_arr, norm, sampler, samples,
+                                       batch_size, seed, clip, label_column, options)
+    summary = _summarise(taus_arr, k_m, k_a, samples, confidence, ci_method, seed)
+    return ResidualResult(taus=taus_arr, k_unlearned=k_m, k_reference=k_a, labels=y_all, samples=int(samples),
+                          norm=norm, sampler=sampler, tier=tier, confidence=float(confidence), ci_method=ci_method,
+                          summary=summary)
+
+
+# held-out neighbourhoods use a separate family of streams so they never share draws with forget samples
+_HELDOUT_STREAM_OFFSET = 1 << 40
+
+
+def _heldout_denominator(model, heldout_x, heldout_y, y_forget, taus, norm, sampler, samples, batch_size, seed,
+                         clip, label_column, options) -> np.ndarray:
+    r""":math:`K \bar p_{\text{held-out}}(y_i)` per forget sample: ``(T, N)`` float."""
+    labels = []
+
+    def recording(batches):
+        for xb, yb in batches:
+            labels.append(yb.cpu().numpy())
+            yield xb, yb
+
+    counts = _neighbourhood_counts(model, [model], recording(_iter_batches(heldout_x, heldout_y, label_column)), None,
+                                   taus, norm, sampler, samples, batch_size, seed, clip, None, options,
+                                   stream_offset=_HELDOUT_STREAM_OFFSET)
+    if counts is None:
+        raise ConfigError("the held-out set is empty; the held-out tier needs samples the model never trained on")
+    k_h = counts[0]
+    y_h = np.concatenate(labels)
+    num_classes = int(max(y_h.max(), y_forget.max())) + 1
+    per_class_n = np.bincount(y_h, minlength=num_classes)
+    missing = sorted(set(np.unique(y_forget).tolist()) - set(np.flatnonzero(per_class_n).tolist()))
+    if missing:
+        raise ConfigError(f"no held-out samples of class(es) {missing}; the held-out tier compares each forget "
+                          "sample with held-out samples of its class, so add some or pass --reference")
+    rate = np.stack([np.bincount(y_h, weights=k_h[t], minlength=num_classes) for t in range(len(taus))])
+    rate = rate / np.maximum(per_class_n, 1) / samples
+    return samples * rate[:, y_forget]
+
+
+def residual_knowledge_loop(unlearned: nn.Module, reference: nn.Module, x: torch.Tensor, y: torch.Tensor, taus,
+                            norm: str = "linf", sampler: str = "uniform", samples: int = 64, seed: int = 0,
+                            clip: tuple[float, float] | None = (0.0, 1.0), confidence: float = 0.95,
+                            ci_method: str = "bootstrap", sampler_options: dict | None = None) -> ResidualResult:
+    """Plain reference implementation: one forget sample, one tau, one perturbation at a time.
+
+    Draws each sample's perturbations from the same per-sample stream as :func:`residual_knowledge`
+    and classifies them one by one, so the two agree exactly; used by the tests.
+    """
+    taus_arr = _check_config(taus, norm, sampler, samples, confidence, ci_method, clip)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    y = _labels_1d(y, None)
+    if x.shape[0] == 0:
+        raise ConfigError("the forget set is empty; check the --forget selection matches some samples")
+    k_m = np.zeros((len(taus_arr), x.shape[0]), dtype=np.int64)
+    k_a = np.zeros((len(taus_arr), x.shape[0]), dtype=np.float64)
+    with _EvalMode(unlearned, reference):
+        for i in range(x.shape[0]):
+            streams = NoiseStreams.for_samples(seed, [i])
+            for t, tau in enumerate(taus_arr):
+                pert = SAMPLERS[sampler](x[i:i + 1], y[i:i + 1], tau=float(tau), norm=norm, samples=samples,
+                                         streams=streams, clip=clip, model=unlearned, **(sampler_options or {}))[0]
+                for k in range(samples):
+                    with torch.no_grad():
+                        k_m[t, i] += int(unlearned(pert[k:k + 1]).argmax(dim=-1).item() == int(y[i]))
+                        k_a[t, i] += int(reference(pert[k:k + 1]).argmax(dim=-1).item() == int(y[i]))
+    summary = _summarise(taus_arr, k_m, k_a, samples, confidence, ci_method, seed)
+    return ResidualResult(taus=taus_arr, k_unlearned=k_m, k_reference=k_a, labels=y.numpy(), samples=int(samples),
+                          norm=norm, sampler=sampler, tier="reference", confidence=float(confidence),
+                          ci_method=ci_method, summary=summary)

@@ -1,0 +1,94 @@
+"""DP-SGD training through Opacus (Abadi et al., 2016) with Opacus's RDP accountant.
+
+Each step clips every per-sample gradient to norm ``C`` and adds Gaussian noise
+:math:`\\mathcal N(0, \\sigma^2 C^2 I)` to their sum; batches are Poisson-sampled with rate
+``q = B / N``. Opacus picks :math:`\\sigma` so that after ``epochs`` the accountant's
+:math:`(\\varepsilon, \\delta)` meets the target, and reports the epsilon actually spent.
+
+BatchNorm mixes samples in a batch, which per-sample clipping cannot bound; privkit models take
+``norm="group"`` (GroupNorm) for DP, and the report says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from privkit.errors import ConfigError
+from privkit.train import ClassifierConfig, ClassifierTask, make_optimizer
+
+
+@dataclass
+class DPConfig:
+    target_epsilon: float
+    delta: float
+    max_grad_norm: float = 1.0
+
+    def validate(self, n: int) -> None:
+        if not self.target_epsilon > 0:
+            raise ConfigError(f"--target-epsilon {self.target_epsilon} must be positive")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"--delta {self.delta} must be in (0, 1); use about 1/N (here {1 / max(1, n):.1e})")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"--max-grad-norm {self.max_grad_norm} must be positive")
+
+
+def dp_model_kwargs(architecture_factory) -> tuple[dict, str]:
+    """Keyword arguments that make a registry model DP-compatible, and a note for the report."""
+    if "norm" in inspect.signature(architecture_factory).parameters:
+        return {"norm": "group"}, "BatchNorm replaced by GroupNorm (norm=group) so per-sample gradients are defined"
+    return {}, "model has no BatchNorm; used as is"
+
+
+def validate_for_dp(model: nn.Module) -> None:
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ConfigError(f"model is not DP-compatible ({type(errors[0]).__name__}: {str(errors[0])[:80]}); "
+                          f"use an architecture with norm=group")
+
+
+class DPClassifierTask(ClassifierTask):
+    """:class:`~privkit.train.ClassifierTask` made private with Opacus; batches come from Opacus's
+    Poisson-sampling loader and the accountant's history is checkpointed for ``--resume``."""
+
+    def __init__(self, model: nn.Module, dataset, target_index: int, cfg: ClassifierConfig, dp: DPConfig, epochs: int,
+                 batch_size: int, seed: int):
+        from opacus import PrivacyEngine
+
+        dp.validate(len(dataset))
+        validate_for_dp(model)
+        super().__init__(model, target_index, cfg)
+        self.engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        generator = torch.Generator().manual_seed(seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+        module, optimizer, dp_loader = self.engine.make_private_with_epsilon(
+            module=model, optimizer=self.optimizers["model"], data_loader=loader, target_epsilon=dp.target_epsilon,
+            target_delta=dp.delta, epochs=epochs, max_grad_norm=dp.max_grad_norm,
+        )
+        self.nets = {"model": module}
+        self.optimizers = {"model": optimizer}
+        self.dp = dp
+        self.noise_multiplier = float(optimizer.noise_multiplier)
+        self.sample_rate = 1.0 / len(dp_loader)
+        self._loader = dp_loader
+        self.batch_source = lambda epoch: self._loader
+
+    def step(self, batch, epoch: int, step: int) -> dict[str, float]:
+        x, attrs = batch
+        if len(x) == 0:  # Poisson sampling can draw an empty batch
+            return {}
+        return super().step((x, attrs), epoch, step)
+
+    def epsilon(self) -> float:
+        return float(self.engine.get_epsilon(self.dp.delta))
+
+    def extra_state(self) -> dict:
+        return {"accountant_history": [list(h) for h in self.engine.accountant.history]}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.engine.accountant.history = [tuple(h) for h in state.get("accountant_history", [])]
