@@ -278,20 +278,18 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset | None, conf
 
     with _progress(config.progress and dist.is_main, config.description) as bar:
         for epoch in range(start_epoch, config.epochs):
+            first = start_step if epoch == start_epoch else 0
             if task.batch_source is not None:
                 batches: Iterator = iter(task.batch_source(epoch))
                 total = None
             else:
                 index_batches = epoch_batches(len(dataset), config.batch_size, config.seed, epoch, dist, config.drop_last)
                 total = len(index_batches)
-                loader = torch.utils.data.DataLoader(dataset, batch_sampler=index_batches, num_workers=config.num_workers,
-                                                     collate_fn=collate)
-                batches = iter(loader)
-            first = start_step if epoch == start_epoch else 0
-            if task.batch_source is None and first:
-                # replaying the interrupted epoch: skip the batches already applied
+                # a private generator: creating the loader must not draw from the global RNG, or a
+                # resumed run would diverge from an uninterrupted one; ``first`` skips applied batches
                 loader = torch.utils.data.DataLoader(dataset, batch_sampler=index_batches[first:],
-                                                     num_workers=config.num_workers, collate_fn=collate)
+                                                     num_workers=config.num_workers, collate_fn=collate,
+                                                     generator=torch.Generator().manual_seed(config.seed + epoch))
                 batches = iter(loader)
             bar_task = bar.add_task(f"{config.description} {epoch + 1}/{config.epochs}", total=total, completed=first, info="")
             sums: dict[str, float] = {}

@@ -144,6 +144,11 @@ class Representation:
         return rows.reshape(rows.shape[0], *self.input_shape)
 
 
+@register_representation("flatten")
+class FlattenRepresentation(Representation):
+    """Any fixed-shape array, flattened row-major (used for N-D arrays with ``representation="auto"``)."""
+
+
 @register_representation("features")
 class FeatureRepresentation(Representation):
     """A feature vector is its own representation."""

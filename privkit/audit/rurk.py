@@ -14,8 +14,13 @@ with the penalty :math:`\ell_{\text{pen}} = -\log(1 - p_\theta(y \mid x'))`, who
 (see :func:`bounded_penalty`) and whose gradient in the logits is bounded, unlike gradient ascent on
 the cross-entropy, so the forget term cannot blow up and destroy the retain accuracy.
 The indicator is not differentiated (it selects which perturbations are penalised); perturbations
-are drawn with a sampler of :mod:`privkit.audit.residual` -- ``uniform`` in the ball, or ``pgd``,
-which finds the *vulnerable* perturbations the model recognises most confidently.
+are drawn with a sampler of :mod:`privkit.audit.residual` -- ``uniform`` in the ball (default), or
+``pgd``, which finds the *vulnerable* perturbations the model recognises most confidently.
+
+``pgd`` pushes on the most confident points of the ball, which is a much stronger signal than the
+retain cross-entropy: on digits (MLP, memorised forget set, tau=0.05, lambda=1, Adam 1e-3, 3 epochs)
+it cost ~18 points of retain accuracy, while lambda=0.1 kept it within ~1.5 points. Use a smaller
+``lam`` with ``pgd``; ``uniform`` with ``lam=1`` kept retain accuracy within 0.5 points there.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ def _split_batch(batch):
 
 
 def rurk_loss(model: nn.Module, retain_batch, forget_batch, tau: float = 0.03, norm: str = "linf",
-              samples: int = 8, lam: float = 1.0, sampler: str = "pgd",
+              samples: int = 8, lam: float = 1.0, sampler: str = "uniform",
               clip: tuple[float, float] | None = (0.0, 1.0), generator: torch.Generator | None = None,
               sampler_options: dict | None = None) -> tuple[torch.Tensor, dict]:
     r"""The RURK objective on one retain batch and one forget batch.
@@ -135,7 +140,7 @@ def rurk_loss(model: nn.Module, retain_batch, forget_batch, tau: float = 0.03, n
 
 
 def rurk_step(model: nn.Module, optimizer: torch.optim.Optimizer, retain_batch, forget_batch, *, tau: float = 0.03,
-              norm: str = "linf", samples: int = 8, lam: float = 1.0, sampler: str = "pgd",
+              norm: str = "linf", samples: int = 8, lam: float = 1.0, sampler: str = "uniform",
               clip: tuple[float, float] | None = (0.0, 1.0), generator: torch.Generator | None = None,
               sampler_options: dict | None = None) -> dict:
     """One optimiser step on :func:`rurk_loss`; returns its stats plus ``loss`` (floats)."""
@@ -151,7 +156,7 @@ def rurk_step(model: nn.Module, optimizer: torch.optim.Optimizer, retain_batch, 
 
 def rurk_finetune(model: nn.Module, retain_loader: Iterable, forget_loader: Iterable, epochs: int = 1,
                   lr: float = 1e-3, lam: float = 1.0, tau: float = 0.03, norm: str = "linf", samples: int = 8,
-                  seed: int = 0, sampler: str = "pgd", clip: tuple[float, float] | None = (0.0, 1.0),
+                  seed: int = 0, sampler: str = "uniform", clip: tuple[float, float] | None = (0.0, 1.0),
                   sampler_options: dict | None = None,
                   step_callback: Callable[[int, int, dict], None] | None = None) -> nn.Module:
     """Fine-tune ``model`` in place with the RURK objective (Adam) and return it.

@@ -19,14 +19,13 @@ import math
 import numpy as np
 import torch
 
-from privkit.attacks.quantum import simulator as sim
-from privkit.attacks.quantum.circuits import ANSATZE, CircuitSpec, build_circuit, run_circuit
+from privkit.attacks.quantum.circuits import ANSATZE, CircuitSpec, build_circuit, expval_z_all
 
 SHIFT = math.pi / 2
 
 READOUTS = {
-    "mean-z": lambda state: sim.expval_z_all(state).mean(dim=1),
-    "z0": lambda state: sim.expval_z(state, 0),
+    "mean-z": lambda z: z.mean(dim=1),
+    "z0": lambda z: z[:, 0],
 }
 
 
@@ -85,7 +84,7 @@ class VQNN:
         """``f(x; theta)`` for a batch: ``x (B, n)``, ``theta (P,)`` or ``(B, P)`` -> ``(B,)``."""
         x = torch.as_tensor(x, dtype=self.dtype)
         theta = torch.as_tensor(theta, dtype=self.dtype)
-        return READOUTS[self.readout](run_circuit(self.spec, x, theta))
+        return READOUTS[self.readout](expval_z_all(self.spec, x, theta))
 
     def loss_per_sample(self, x, y, theta) -> torch.Tensor:
         """``L_b = (f(x_b; theta) - y_b)^2``, shape ``(B,)``."""

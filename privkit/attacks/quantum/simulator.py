@@ -49,21 +49,6 @@ def _axis(wire: int) -> int:
     return 1 + wire
 
 
-def _angle_column(angle: torch.Tensor | float, state: torch.Tensor) -> torch.Tensor:
-    """Angles as a real tensor shaped ``(B, 1, ..., 1)`` broadcastable against ``state``."""
-    angle = torch.as_tensor(angle, dtype=state.real.dtype, device=state.device)
-    if angle.dim() == 0:
-        angle = angle.expand(state.shape[0])
-    return angle.reshape((-1,) + (1,) * (state.dim() - 1))
-
-
-def _axis_vector(values, state: torch.Tensor, wire: int) -> torch.Tensor:
-    """A length-2 vector laid along qubit axis ``wire`` (shape ``(1, .., 2, .., 1)``)."""
-    shape = [1] * state.dim()
-    shape[_axis(wire)] = 2
-    return torch.as_tensor(values, dtype=state.dtype, device=state.device).reshape(shape)
-
-
 def apply_matrix(state: torch.Tensor, matrix: torch.Tensor, wire: int) -> torch.Tensor:
     """Apply a one-qubit matrix on qubit ``wire``: ``psi'[.., i, ..] = sum_j U[i, j] psi[.., j, ..]``.
 
@@ -79,36 +64,107 @@ def apply_matrix(state: torch.Tensor, matrix: torch.Tensor, wire: int) -> torch.
     return out.movedim(-1, axis)
 
 
-def rx(state: torch.Tensor, theta, wire: int) -> torch.Tensor:
-    """``R_X(theta) = cos(theta/2) I - i sin(theta/2) X`` on qubit ``wire``."""
-    half = _angle_column(theta, state) / 2
-    return torch.cos(half) * state - 1j * torch.sin(half) * state.flip(_axis(wire))
+# --- Pauli rotations -----------------------------------------------------------------------------
+#
+# Complex element-wise products with broadcast real coefficients are slow on CPU (every call
+# promotes and copies, and broadcasting over many size-2 axes defeats vectorisation). The hot
+# kernels therefore work on an internal *real* layout ``(2, 2, ..., 2, B)``: axis 0 holds the
+# real and imaginary parts, axis ``1 + w`` is qubit ``w`` (as in the public layout) and the batch
+# is the last, contiguous axis, so per-row coefficients broadcast along contiguous memory.
+# Multiplying by ``-i`` maps ``(re, im) -> (im, -re)``: a flip of axis 0 times ``[1, -1]``, and
+# every rotation is one ``addcmul``: ``R_P(theta) psi = cos(theta/2) psi + sin(theta/2) (-i P psi)``.
 
 
-def ry(state: torch.Tensor, theta, wire: int) -> torch.Tensor:
-    """``R_Y(theta) = cos(theta/2) I - i sin(theta/2) Y``; ``-iY = [[0, -1], [1, 0]]``."""
-    half = _angle_column(theta, state) / 2
-    sign = _axis_vector([-1.0, 1.0], state, wire)
-    return torch.cos(half) * state + torch.sin(half) * (sign * state.flip(_axis(wire)))
+def to_internal(state: torch.Tensor) -> torch.Tensor:
+    """Complex ``(B, 2, ..., 2)`` -> real internal layout ``(2, 2, ..., 2, B)``."""
+    return torch.view_as_real(state).movedim(-1, 0).movedim(1, -1)
 
 
-def rz(state: torch.Tensor, theta, wire: int) -> torch.Tensor:
-    """``R_Z(theta) = diag(exp(-i theta/2), exp(i theta/2))``: an element-wise phase."""
-    half = _angle_column(theta, state) / 2
-    z = _axis_vector([1.0, -1.0], state, wire).real
-    return state * torch.polar(torch.ones_like(half * z), -half * z)
+def from_internal(real: torch.Tensor) -> torch.Tensor:
+    """Real internal layout ``(2, 2, ..., 2, B)`` -> complex ``(B, 2, ..., 2)``."""
+    return torch.view_as_complex(real.movedim(-1, 1).movedim(0, -1).contiguous())
+
+
+def zero_internal(n_qubits: int, batch: int, *, dtype: torch.dtype = DEFAULT_REAL_DTYPE,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """``|0...0>`` in the internal layout."""
+    real = torch.zeros((2,) + (2,) * n_qubits + (batch,), dtype=dtype, device=device)
+    real.view(2, -1, batch)[0, 0] = 1.0
+    return real
+
+
+def _sign(ndim: int, axis: int, values, like: torch.Tensor) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = 2
+    return torch.tensor(values, dtype=like.dtype, device=like.device).reshape(shape)
+
+
+def rx_real(real: torch.Tensor, cos_half: torch.Tensor, sin_half: torch.Tensor, wire: int) -> torch.Tensor:
+    """``R_X`` on the internal layout: ``cos psi + sin * J(X psi)`` with ``J(re, im) = (im, -re)``."""
+    coeff = sin_half * _sign(real.dim(), 0, [1.0, -1.0], real)
+    return torch.addcmul(cos_half * real, coeff, real.flip((0, _axis(wire))))
+
+
+def ry_real(real: torch.Tensor, cos_half: torch.Tensor, sin_half: torch.Tensor, wire: int) -> torch.Tensor:
+    """``R_Y`` on the internal layout: ``-iY = [[0, -1], [1, 0]]`` is a real flip with signs ``[-1, 1]``."""
+    coeff = sin_half * _sign(real.dim(), _axis(wire), [-1.0, 1.0], real)
+    return torch.addcmul(cos_half * real, coeff, real.flip(_axis(wire)))
+
+
+def _diagonal_real(real, cos_half, sin_half, z):
+    # (c - i s z) psi = c psi + s z J(psi)
+    coeff = sin_half * (z * _sign(real.dim(), 0, [1.0, -1.0], real))
+    return torch.addcmul(cos_half * real, coeff, real.flip(0))
+
+
+def rz_real(real: torch.Tensor, cos_half: torch.Tensor, sin_half: torch.Tensor, wire: int) -> torch.Tensor:
+    """``R_Z = cos I - i sin Z`` on the internal layout (``Z`` is a sign on the qubit axis)."""
+    return _diagonal_real(real, cos_half, sin_half, _sign(real.dim(), _axis(wire), [1.0, -1.0], real))
+
+
+def zz_real(real: torch.Tensor, cos_half: torch.Tensor, sin_half: torch.Tensor, wire_a: int,
+            wire_b: int) -> torch.Tensor:
+    """``exp(-i phi/2 Z_a Z_b)`` on the internal layout."""
+    nd = real.dim()
+    z = _sign(nd, _axis(wire_a), [1.0, -1.0], real) * _sign(nd, _axis(wire_b), [1.0, -1.0], real)
+    return _diagonal_real(real, cos_half, sin_half, z)
+
+
+def _on_complex(kernel):
+    """Lift an internal-layout rotation kernel to a gate on complex ``(B, 2, ..., 2)`` states."""
+
+    def gate(state: torch.Tensor, theta, *wires: int) -> torch.Tensor:
+        half = torch.as_tensor(theta, dtype=state.real.dtype, device=state.device) / 2
+        if half.dim() == 0:
+            half = half.expand(state.shape[0])
+        return from_internal(kernel(to_internal(state), torch.cos(half), torch.sin(half), *wires))
+
+    gate.__doc__ = kernel.__doc__
+    return gate
+
+
+rx = _on_complex(rx_real)
+ry = _on_complex(ry_real)
+rz = _on_complex(rz_real)
+zz_phase = _on_complex(zz_real)
 
 
 _HADAMARD = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64) / 2 ** 0.5
 
 
 def hadamard(state: torch.Tensor, wire: int) -> torch.Tensor:
-    """Hadamard on qubit ``wire`` (a ``tensordot`` with the 2x2 matrix)."""
+    """Hadamard on qubit ``wire`` (a ``tensordot`` with the 2x2 matrix on the qubit axis)."""
     return apply_matrix(state, _HADAMARD.to(state.device), wire)
 
 
+def hadamard_real(real: torch.Tensor, wire: int) -> torch.Tensor:
+    """Hadamard on the internal layout (a real matrix acts on both parts alike)."""
+    h = _HADAMARD.to(dtype=real.dtype, device=real.device)
+    return torch.tensordot(h, real, dims=([1], [_axis(wire)])).movedim(0, _axis(wire))
+
+
 def cnot(state: torch.Tensor, control: int, target: int) -> torch.Tensor:
-    """CNOT: flip qubit ``target`` inside the ``control = 1`` slice."""
+    """CNOT: flip qubit ``target`` inside the ``control = 1`` slice (either layout)."""
     if control == target:
         raise ValueError(f"CNOT control and target must differ, both are {control}")
     c_axis = _axis(control)
@@ -119,17 +175,22 @@ def cnot(state: torch.Tensor, control: int, target: int) -> torch.Tensor:
 
 
 def cz(state: torch.Tensor, wire_a: int, wire_b: int) -> torch.Tensor:
-    """CZ: phase -1 on ``|1>_a |1>_b`` (symmetric in its wires)."""
-    mask = _axis_vector([0.0, 1.0], state, wire_a) * _axis_vector([0.0, 1.0], state, wire_b)
+    """CZ: phase -1 on ``|1>_a |1>_b`` (either layout; symmetric in its wires)."""
+    nd = state.dim()
+    mask = _sign(nd, _axis(wire_a), [0.0, 1.0], state.real) * _sign(nd, _axis(wire_b), [0.0, 1.0], state.real)
     return state * (1 - 2 * mask)
 
 
-def zz_phase(state: torch.Tensor, phi, wire_a: int, wire_b: int) -> torch.Tensor:
-    """``R_ZZ(phi) = exp(-i phi/2 Z_a Z_b)`` (PennyLane's ``IsingZZ``; Qiskit's CNOT-P-CNOT block
-    up to a global phase)."""
-    half = _angle_column(phi, state) / 2
-    zz = (_axis_vector([1.0, -1.0], state, wire_a) * _axis_vector([1.0, -1.0], state, wire_b)).real
-    return state * torch.polar(torch.ones_like(half * zz), -half * zz)
+def basis_permutation(n_qubits: int, gates) -> torch.Tensor:
+    """The basis-index permutation of a sequence of CNOTs ``[(control, target), ...]``.
+
+    ``new_state.flatten()[i] = state.flatten()[perm[i]]``; a length-``2^n`` index (no matrix), so a
+    whole CNOT ladder or ring costs one gather.
+    """
+    index = torch.arange(2 ** n_qubits).reshape((1,) + (2,) * n_qubits)
+    for control, target in gates:
+        index = cnot(index, control, target)
+    return index.reshape(-1)
 
 
 def probabilities(state: torch.Tensor) -> torch.Tensor:
@@ -142,16 +203,17 @@ def expval_z(state: torch.Tensor, wire: int) -> torch.Tensor:
     return expval_z_all(state)[:, wire]
 
 
+def z_signs(n_qubits: int, dtype=torch.float64) -> torch.Tensor:
+    """``(2^n, n)`` table of the eigenvalue of ``Z_w`` on each basis state."""
+    bits = torch.arange(2 ** n_qubits)[:, None] >> torch.arange(n_qubits - 1, -1, -1)[None, :] & 1
+    return (1 - 2 * bits).to(dtype)
+
+
 def expval_z_all(state: torch.Tensor) -> torch.Tensor:
-    """``<Z_w>`` for every qubit ``w``, shape ``(B, n)``."""
-    probs = probabilities(state)
+    """``<Z_w>`` for every qubit ``w``, shape ``(B, n)`` (one matmul of the probabilities)."""
     n = state.dim() - 1
-    out = []
-    for w in range(n):
-        other = tuple(a for a in range(1, n + 1) if a != _axis(w))
-        marginal = probs.sum(dim=other) if other else probs
-        out.append(marginal[:, 0] - marginal[:, 1])
-    return torch.stack(out, dim=1)
+    probs = probabilities(state).reshape(state.shape[0], -1)
+    return probs @ z_signs(n, probs.dtype).to(probs.device)
 
 
 # --- gate registry -----------------------------------------------------------------------------

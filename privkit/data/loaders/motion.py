@@ -117,7 +117,7 @@ class MotionReader:
         if win.shape[1] != self.window:
             raise DataError(f"motion file {self.files[int(self.file_of[i])]} changed since it was loaded "
                             f"(window {i} is cut short); reload the dataset")
-        return np.ascontiguousarray(win)
+        return np.array(win, copy=True)  # callers may modify x; the cached file must not change
 
 
 def _detect_motionsense(path: Path) -> bool:

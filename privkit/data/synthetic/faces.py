@@ -60,6 +60,7 @@ class _Person:
     hair_length: float  # lowest y the hair reaches at the sides (long hair: shoulders)
     hairline: float
     stubble: float
+    shoulder_half_width: float
     wrinkles: float
     texture: tuple  # (amplitudes, frequencies, phases) of a per-person skin pattern
 
@@ -77,7 +78,7 @@ def _make_person(seed: int, pid: int) -> _Person:
     return _Person(
         gender=gender,
         age=age,
-        face_half_width=(u(0.56, 0.64) if male else u(0.47, 0.55)) + 0.02 * age,
+        face_half_width=(u(0.58, 0.66) if male else u(0.46, 0.53)) + 0.02 * age,
         face_half_height=u(0.66, 0.74),
         jaw_exponent=u(3.2, 4.5) if male else u(1.9, 2.4),
         eye_dx=u(0.19, 0.27),
@@ -94,7 +95,8 @@ def _make_person(seed: int, pid: int) -> _Person:
         hair_tone=hair_tone,
         hair_length=u(-0.1, 0.1) if male else u(0.6, 0.95),
         hairline=(u(-0.5, -0.4) - (0.12 * age if male else 0.0)),
-        stubble=u(0.0, 0.12) if male else 0.0,
+        stubble=u(0.05, 0.15) if male else 0.0,
+        shoulder_half_width=u(0.95, 1.1) if male else u(0.7, 0.82),
         wrinkles=[0.0, u(0.05, 0.09), u(0.12, 0.18)][age],
         texture=texture,
     )
@@ -140,7 +142,7 @@ def _render(person: _Person, glasses: bool, smile: bool, rng: np.random.Generato
 
     # Neck and shoulders.
     neck = np.maximum(np.abs(x) - 0.2, 0.55 - y)
-    shoulders = np.maximum(np.abs(x) - 0.95, 0.88 - y - 0.15 * x**2)
+    shoulders = np.maximum(np.abs(x) - p.shoulder_half_width, 0.88 - y - 0.15 * x**2)
     canvas = _paint(canvas, _inside(np.minimum(neck, shoulders)), p.skin * 0.82)
     if p.hair_length > 0.3:  # long hair falls over the shoulders, in front of the neck sides
         front = np.maximum(np.abs(np.abs(x) - (a + 0.06)) - 0.1, np.maximum(y - p.hair_length, 0.1 - y))
@@ -205,10 +207,10 @@ def _render(person: _Person, glasses: bool, smile: bool, rng: np.random.Generato
 
     # Mouth: a straight line (neutral) or an upturned open curve showing teeth (smile).
     if smile:  # wider, corners up, lips parted
-        width = p.mouth_width * 1.25
+        width = p.mouth_width * 1.35
         t = np.clip(x / width, -1.5, 1.5)
-        curve_y = p.mouth_y + 0.08 * (1.0 - t**2) - 0.05
-        upper = curve_y - 0.045 * (1.0 - t**2)
+        curve_y = p.mouth_y + 0.1 * (1.0 - t**2) - 0.06
+        upper = curve_y - 0.06 * (1.0 - t**2)
         opening = np.maximum(np.maximum(upper - y, y - curve_y), np.abs(x) - width)
         lips = np.maximum(np.maximum(upper - 0.018 - y, y - curve_y - 0.018), np.abs(x) - width - 0.015)
         canvas = _paint(canvas, _inside(lips), p.skin * (1 - p.lip_darkness) * 0.8)

@@ -1,0 +1,140 @@
+"""Throughput of the residual-knowledge audit against the bare forward passes it cannot avoid.
+
+The audit classifies ``N * K`` perturbed inputs with *two* models (the unlearned one and the
+reference). The honest lower bound on its cost is therefore two bare batched forward passes over
+``N * K`` pre-made inputs, in the same batch size, in eval mode without gradients::
+
+    baseline throughput = N*K / (t_forward(unlearned) + t_forward(reference))
+    audit throughput    = N*K / t_audit          (sampling, clipping, both forwards, counting, CI)
+    ratio               = audit throughput / baseline throughput     (target >= 0.8)
+
+Both are timed in the same run, best of ``--repeats``, after one warm-up.
+
+    python benchmarks/bench_residual.py --model cnn28 --forget 256 --samples 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from privkit.audit.residual import residual_knowledge
+
+MODELS = {}
+
+
+def register_model(name):
+    def decorate(fn):
+        MODELS[name] = fn
+        return fn
+    return decorate
+
+
+@register_model("mlp64")
+def mlp64():
+    """The tests' digits MLP: 64 inputs (8x8 digits), 64 hidden units -- a worst case, almost free."""
+    return (64,), nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+@register_model("mlp784")
+def mlp784():
+    """MNIST-sized MLP: 784 -> 256 -> 10."""
+    return (1, 28, 28), nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+@register_model("cnn28")
+def cnn28():
+    """Small CNN on 1x28x28 inputs."""
+    return (1, 28, 28), nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
+
+
+@register_model("cnn64")
+def cnn64():
+    """Small CNN on 3x64x64 inputs (face-sized)."""
+    return (3, 64, 64), nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(64, 10))
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(name, forget, samples, batch_size, sampler, norm, repeats, device):
+    shape, unlearned = MODELS[name]()
+    _, reference = MODELS[name]()
+    unlearned.to(device).eval()
+    reference.to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((forget, *shape), generator=g)
+    y = torch.randint(0, 10, (forget,), generator=g)
+    n = forget * samples
+    chunk = max(1, batch_size // samples) * samples  # the audit's own forward batch size
+    inputs = torch.rand((n, *shape), generator=g).to(device)
+
+    def bare():
+        with torch.no_grad():
+            for model in (unlearned, reference):
+                for start in range(0, n, chunk):
+                    model(inputs[start:start + chunk]).argmax(dim=-1)
+        _sync(device)
+
+    def audit():
+        residual_knowledge(unlearned, reference, x, y, taus=(0.03,), norm=norm, sampler=sampler, samples=samples,
+                           batch_size=batch_size, seed=0)
+        _sync(device)
+
+    times = {}
+    for label, fn in (("bare", bare), ("audit", audit)):
+        fn()  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        times[label] = best
+    return {
+        "model": name, "inputs": n, "batch": chunk,
+        "bare_per_s": n / times["bare"], "audit_per_s": n / times["audit"],
+        "ratio": times["bare"] / times["audit"],
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="all", choices=["all", *MODELS])
+    parser.add_argument("--forget", type=int, default=256, help="forget samples N")
+    parser.add_argument("--samples", type=int, default=64, help="perturbations per forget sample K")
+    parser.add_argument("--batch-size", type=int, default=4096, help="most perturbed inputs per forward pass")
+    parser.add_argument("--sampler", default="uniform", choices=["uniform", "gaussian"])
+    parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    names = list(MODELS) if args.model == "all" else [args.model]
+    print(f"device={device} threads={args.threads} N={args.forget} K={args.samples} sampler={args.sampler} "
+          f"norm={args.norm}; baseline = bare forward of BOTH models over the same N*K inputs")
+    header = f"{'model':<8} {'inputs':>8} {'batch':>6} {'bare 2x fwd/s':>14} {'audit/s':>12} {'ratio':>6}  target>=0.8"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        row = bench(name, args.forget, args.samples, args.batch_size, args.sampler, args.norm, args.repeats, device)
+        ok = "ok" if row["ratio"] >= 0.8 else "BELOW"
+        print(f"{row['model']:<8} {row['inputs']:>8} {row['batch']:>6} {row['bare_per_s']:>14,.0f} "
+              f"{row['audit_per_s']:>12,.0f} {row['ratio']:>6.2f}  {ok}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,499 @@
+"""MaSS: multi-attribute selective suppression (Chen et al., ICML 2024, arXiv 2405.14981).
+
+Learn a transform :math:`X' = G(X, Z)` (``Z`` noise) of the data such that
+
+.. math::
+
+    \\max_G\\; I(X'; F) \\quad \\text{s.t.}\\quad I(X'; S_i) \\le m_i,\\qquad I(X'; U_j) \\ge n_j,
+
+with :math:`S_i` the sensitive attributes, :math:`U_j` the annotated useful ones and :math:`F` the
+unannotated useful features. Mutual information with an attribute ``A`` is estimated as
+:math:`I(X'; A) \\approx H(A) - \\mathrm{CE}_A` where :math:`\\mathrm{CE}_A` is the cross-entropy of a
+classifier of ``A`` on ``X'`` (a variational bound) and :math:`H(A)` the label entropy in nats.
+
+Every batch alternates two steps (as the reference implementation, jpmorganchase/MaSS):
+
+1. **generator step** on ``G`` and a contrastive feature net ``F`` together, minimising
+
+   .. math::
+
+      L_G = \\sum_i (v_i^2 + |v_i|) + \\sum_j (w_j^2 + |w_j|) + L_{NCE},\\quad
+      v_i = \\min(\\mathrm{CE}_{S_i} - H(S_i) + m_i, 0),\\quad
+      w_j = \\max(\\mathrm{CE}_{U_j} - H(U_j) + n_j, 0)
+
+   ``v_i`` is non-zero only while the adversary beats the allowed leakage (``CE < H - m``): the
+   generator is pushed until the adversary is no better than the budget allows, never towards
+   making it confidently wrong (which would itself leak the attribute). :math:`L_{NCE}` is a
+   symmetric InfoNCE (temperature 0.07) between ``F(x)`` and ``F(G(x))`` keeping unannotated
+   information.
+2. **classifier step**: every attribute classifier (initialised from one pretrained on the
+   original data) trains on the detached ``G(x)`` with plain cross-entropy, so the generator
+   always faces an adversary adapted to its current output.
+
+Feasibility (checked before training): :math:`m_i \\ge 0`, :math:`n_j \\le H(U_j)` and
+:math:`n_j \\le m_i + H(U_j \\mid S_i)` for every pair; otherwise no transform can meet the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from privkit.data.datasets import AttributeDataset
+from privkit.data.schema import Schema
+from privkit.errors import ArtifactError, ConfigError, SchemaError
+from privkit.train import TrainTask
+
+KIND = "mass"
+NCE_TEMPERATURE = 0.07
+DEFAULT_PRESERVE_FRACTION = 0.9
+
+
+# -- label statistics -------------------------------------------------------------------------------
+
+def label_entropy(labels: np.ndarray, num_classes: int) -> float:
+    """:math:`H(A) = -\\sum_a p(a) \\log p(a)` in nats, from label frequencies."""
+    p = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(float)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def conditional_entropy(u: np.ndarray, s: np.ndarray, ku: int, ks: int) -> float:
+    """:math:`H(U \\mid S) = \\sum_s p(s) H(U \\mid S = s)` in nats, from label co-occurrence."""
+    joint = np.zeros((ks, ku))
+    np.add.at(joint, (np.asarray(s, dtype=np.int64), np.asarray(u, dtype=np.int64)), 1.0)
+    total = joint.sum()
+    h = 0.0
+    for row in joint:
+        n_s = row.sum()
+        if n_s > 0:
+            h += (n_s / total) * label_entropy(np.repeat(np.arange(ku), row.astype(np.int64)), ku)
+    return float(h)
+
+
+def resolve_budgets(schema: Schema, labels: np.ndarray, suppress: Sequence[str], preserve: Sequence[str],
+                    budgets: Mapping[str, float] | None) -> dict[str, Any]:
+    """Check attribute names and budgets and return entropies and the resolved budgets.
+
+    Defaults: :math:`m_i = 0` (no leakage allowed beyond chance) and
+    :math:`n_j = 0.9 \\min(H(U_j), \\min_i m_i + H(U_j \\mid S_i))` (90 % of what is achievable).
+
+    Raises
+    ------
+    SchemaError
+        An attribute is not in the schema.
+    ConfigError
+        Nothing to suppress, an attribute both suppressed and preserved, a budget for an attribute
+        that is neither, or an infeasible budget (the message states the bound).
+    """
+    suppress = [str(a).strip() for a in suppress if str(a).strip()]
+    preserve = [str(a).strip() for a in preserve if str(a).strip()]
+    if not suppress:
+        raise ConfigError("no attribute to suppress; name at least one with --attrs, e.g. --attrs gender")
+    for name in suppress + preserve:
+        schema.attribute(name)  # SchemaError listing the known names
+    for group, what in ((suppress, "suppress"), (preserve, "preserve")):
+        dup = sorted({a for a in group if group.count(a) > 1})
+        if dup:
+            raise ConfigError(f"attribute {dup[0]!r} is listed twice in {what}; name each attribute once")
+    both = [a for a in suppress if a in preserve]
+    if both:
+        raise ConfigError(f"attribute {both[0]!r} is both suppressed and preserved; an attribute cannot be both, "
+                          f"remove it from one list")
+    budgets = dict(budgets or {})
+    for name, value in budgets.items():
+        if name not in suppress and name not in preserve:
+            raise ConfigError(f"budget for {name!r} but {name!r} is neither suppressed nor preserved; budgets apply "
+                              f"to: {', '.join(suppress + preserve)}")
+        if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise ConfigError(f"budget {name}={value!r} is not a finite number of nats; give e.g. {name}=0.0")
+    col = {a.name: j for j, a in enumerate(schema.attributes)}
+    k = {a.name: a.num_classes for a in schema.attributes}
+    entropy = {a: label_entropy(labels[:, col[a]], k[a]) for a in suppress + preserve}
+    cond = {u: {s: conditional_entropy(labels[:, col[u]], labels[:, col[s]], k[u], k[s]) for s in suppress}
+            for u in preserve}
+    m: dict[str, float] = {}
+    for s in suppress:
+        m[s] = float(budgets.get(s, 0.0))
+        if m[s] < 0:
+            raise ConfigError(f"budget {s}={m[s]:g} is infeasible: the allowed leakage m must be >= 0 nats; use {s}=0 "
+                              f"for no leakage beyond chance")
+    n: dict[str, float] = {}
+    for u in preserve:
+        bound = min([entropy[u]] + [m[s] + cond[u][s] for s in suppress])
+        if u in budgets:
+            n[u] = float(budgets[u])
+            if n[u] < 0:
+                raise ConfigError(f"budget {u}={n[u]:g} must be >= 0 nats (information about {u} to keep)")
+            if n[u] > entropy[u] + 1e-9:
+                raise ConfigError(f"budget {u}={n[u]:.3g} is infeasible: n must be <= H({u}) = {entropy[u]:.3f} nats; "
+                                  f"use {u}<={entropy[u]:.3f}")
+            for s in suppress:
+                if n[u] > m[s] + cond[u][s] + 1e-9:
+                    raise ConfigError(
+                        f"budget {u}={n[u]:.3g} is infeasible with {s}={m[s]:g}: n must be <= m + H({u}|{s}) = "
+                        f"{m[s] + cond[u][s]:.3f} nats because {u} reveals {s}; lower {u} or raise {s}")
+        else:
+            n[u] = DEFAULT_PRESERVE_FRACTION * bound
+    return {"suppress": suppress, "preserve": preserve, "entropy": entropy, "conditional_entropy": cond,
+            "m": m, "n": n}
+
+
+# -- the training task --------------------------------------------------------------------------------
+
+def info_nce(f1: torch.Tensor, f2: torch.Tensor, temperature: float = NCE_TEMPERATURE) -> torch.Tensor:
+    """Symmetric InfoNCE between paired embeddings: row ``i`` of ``f1`` should match row ``i`` of ``f2``.
+
+    .. math:: L_{NCE} = \\tfrac12[\\mathrm{CE}(f_1 f_2^\\top/\\tau, I) + \\mathrm{CE}(f_2 f_1^\\top/\\tau, I)]
+    """
+    f1 = nn.functional.normalize(f1, dim=-1)
+    f2 = nn.functional.normalize(f2, dim=-1)
+    logits = f1 @ f2.t() / temperature
+    target = torch.arange(len(f1), device=f1.device)
+    return 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.t(), target))
+
+
+def _classifier_key(attr: str) -> str:
+    return f"clf_{attr}"
+
+
+class MaSSTask(TrainTask):
+    """One :class:`privkit.train.TrainTask` whose step alternates the generator and classifier steps.
+
+    ``nets`` holds the generator, the feature net and one classifier per attribute, so the shared
+    loop checkpoints, resumes and (under ``torchrun``) data-parallelises all of them together.
+    """
+
+    def __init__(self, generator: nn.Module, feature_net: nn.Module, classifiers: dict[str, nn.Module],
+                 schema: Schema, budgets: dict[str, Any], noise_dim: int, lr: float, classifier_lr: float,
+                 nce_weight: float, classifier_steps: int = 1):
+        self.nets = {"generator": generator, "features": feature_net}
+        for attr, clf in classifiers.items():
+            self.nets[_classifier_key(attr)] = clf
+        gen_params = list(generator.parameters()) + list(feature_net.parameters())
+        clf_params = [p for c in classifiers.values() for p in c.parameters()]
+        self.optimizers = {"generator": torch.optim.Adam(gen_params, lr=lr),
+                           "classifiers": torch.optim.Adam(clf_params, lr=classifier_lr)}
+        self.columns = {a: schema.index(a) for a in classifiers}
+        self.suppress = budgets["suppress"]
+        self.preserve = budgets["preserve"]
+        self.entropy = budgets["entropy"]
+        self.m, self.n = budgets["m"], budgets["n"]
+        self.noise_dim = noise_dim
+        self.nce_weight = nce_weight
+        self.classifier_steps = int(classifier_steps)
+
+    def step(self, batch, epoch: int, step: int) -> dict[str, float]:
+        x, attrs = batch
+        gen, feat = self.nets["generator"], self.nets["features"]
+        gen.train()
+        feat.train()
+        # the loop seeded the global RNG per run and checkpoints its state, so noise replays on --resume
+        z = torch.randn(len(x), self.noise_dim) if self.noise_dim else None
+        x_rel = gen(x, z)
+        stats: dict[str, float] = {}
+
+        # (a) generator step: constraint penalties through the current classifiers + InfoNCE
+        loss = x_rel.new_zeros(())
+        for attr, col in self.columns.items():
+            clf = self.nets[_classifier_key(attr)]
+            clf.train()
+            ce = nn.functional.cross_entropy(clf(x_rel), attrs[:, col])
+            if attr in self.m:
+                v = torch.clamp(ce - self.entropy[attr] + self.m[attr], max=0.0)  # v_s = min(CE - H + m, 0)
+                loss = loss + v ** 2 + v.abs()
+            else:
+                w = torch.clamp(ce - self.entropy[attr] + self.n[attr], min=0.0)  # w_u = max(CE - H + n, 0)
+                loss = loss + w ** 2 + w.abs()
+            stats[f"ce_{attr}"] = float(ce.detach())
+        if self.nce_weight > 0 and len(x) > 1:
+            # one forward over [x; x'] (a DDP module must not run twice before backward)
+            f = feat(torch.cat([x, x_rel]))
+            nce = info_nce(f[:len(x)], f[len(x):])
+            loss = loss + self.nce_weight * nce
+            stats["nce"] = float(nce.detach())
+        opt_g = self.optimizers["generator"]
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        stats["loss_g"] = float(loss.detach())
+
+        # (b) classifier step: plain cross-entropy on the detached release
+        # (several steps approximate the adversary's inner maximisation better than one)
+        x_det = x_rel.detach()
+        opt_c = self.optimizers["classifiers"]
+        for _ in range(self.classifier_steps):
+            opt_c.zero_grad(set_to_none=True)
+            loss_c = x_det.new_zeros(())
+            for attr, col in self.columns.items():
+                clf = self.nets[_classifier_key(attr)]
+                logits = clf(x_det)
+                loss_c = loss_c + nn.functional.cross_entropy(logits, attrs[:, col])
+                stats[f"acc_{attr}"] = float((logits.argmax(1) == attrs[:, col]).float().mean())
+            loss_c.backward()
+            opt_c.step()
+        return stats
+
+
+# -- the estimator ----------------------------------------------------------------------------------
+
+class MaSS:
+    """Multi-attribute selective suppression: a learned transform ``X' = G(X, noise)``.
+
+    Parameters
+    ----------
+    suppress : list of str
+        Sensitive attributes :math:`S_i` to suppress.
+    preserve : list of str
+        Annotated useful attributes :math:`U_j` to keep.
+    budgets : dict, optional
+        ``{attribute: nats}``: the allowed leakage :math:`m_i` of a suppressed attribute (default 0)
+        or the information :math:`n_j` to keep about a preserved one (default 90 % of the feasible
+        maximum).
+    epochs : int
+        Epochs of alternating MaSS training.
+    pretrain_epochs : int
+        Epochs of training each attribute classifier on the original data first.
+    batch_size, lr, classifier_lr : training options (``lr`` for ``G`` and ``F``).
+    classifier_steps : int
+        Classifier updates per generator update (a better-trained adversary per step).
+    noise_dim : int
+        Size of the noise vector fed to the generator.
+    feature_dim : int
+        Embedding size of the contrastive feature net ``F``.
+    nce_weight : float
+        Weight of :math:`L_{NCE}` in :math:`L_G`.
+    generator : str, optional
+        Generator architecture (default: the modality's, see :mod:`privkit.suppress.generators`).
+    generator_kwargs : dict, optional
+    seed : int
+        Seeds training and the transform's noise (``transform`` is deterministic given it).
+    progress : bool
+        Show progress bars.
+
+    Attributes
+    ----------
+    generator_ : nn.Module
+    schema_ : Schema
+    budgets_ : dict
+        Entropies, conditional entropies and resolved budgets ``m`` and ``n`` (nats).
+    history_ : list of dict
+        Per-epoch training statistics.
+
+    Examples
+    --------
+    >>> mass = MaSS(suppress=["gender"], preserve=["expression"], epochs=3)   # doctest: +SKIP
+    >>> mass.fit(train_data).transform(x_batch).shape == x_batch.shape        # doctest: +SKIP
+    True
+    """
+
+    def __init__(self, suppress: Sequence[str] = (), preserve: Sequence[str] = (), budgets: Mapping[str, float] | None = None,
+                 epochs: int = 10, pretrain_epochs: int = 3, batch_size: int = 64, lr: float = 1e-3,
+                 classifier_lr: float = 1e-3, classifier_steps: int = 1, noise_dim: int = 8, feature_dim: int = 32, nce_weight: float = 1.0,
+                 generator: str | None = None, generator_kwargs: Mapping[str, Any] | None = None, seed: int = 0,
+                 progress: bool = False):
+        self.suppress = suppress
+        self.preserve = preserve
+        self.budgets = budgets
+        self.epochs = epochs
+        self.pretrain_epochs = pretrain_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.classifier_lr = classifier_lr
+        self.classifier_steps = classifier_steps
+        self.noise_dim = noise_dim
+        self.feature_dim = feature_dim
+        self.nce_weight = nce_weight
+        self.generator = generator
+        self.generator_kwargs = generator_kwargs
+        self.seed = seed
+        self.progress = progress
+
+    # -- scikit-learn plumbing ----------------------------------------------------------------------
+    _PARAMS = ("suppress", "preserve", "budgets", "epochs", "pretrain_epochs", "batch_size", "lr", "classifier_lr",
+               "classifier_steps",
+               "noise_dim", "feature_dim", "nce_weight", "generator", "generator_kwargs", "seed")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        out = {}
+        for k in self._PARAMS:
+            v = getattr(self, k)
+            if isinstance(v, (tuple, list)):
+                v = list(v)
+            elif isinstance(v, Mapping):
+                v = dict(v)
+            out[k] = v
+        return out
+
+    def set_params(self, **params: Any) -> "MaSS":
+        for k, v in params.items():
+            if k not in self._PARAMS and k != "progress":
+                raise ConfigError(f"unknown MaSS parameter {k!r}; known: {', '.join(self._PARAMS)}")
+            setattr(self, k, v)
+        return self
+
+    @property
+    def schema(self) -> Schema:
+        """Schema of the data the transform was fitted on (for :mod:`privkit.transforms`)."""
+        self._check_fitted()
+        return self.schema_
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "generator_"):
+            raise ConfigError("this MaSS transform is not fitted yet; call fit(dataset) or MaSS.load(folder) first")
+
+    def check_budgets(self, dataset: AttributeDataset) -> dict[str, Any]:
+        """Validate attributes and budgets against ``dataset`` without training (raises on infeasible)."""
+        return resolve_budgets(dataset.schema, dataset.labels, list(self.suppress), list(self.preserve), self.budgets)
+
+    def _validate_options(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if int(self.classifier_steps) < 1:
+            raise ConfigError(f"classifier_steps={self.classifier_steps} must be at least 1")
+        if int(self.pretrain_epochs) < 0:
+            raise ConfigError(f"pretrain_epochs={self.pretrain_epochs} must be >= 0")
+        if not (self.lr > 0 and self.classifier_lr > 0):
+            raise ConfigError(f"learning rates must be > 0 (lr={self.lr}, classifier_lr={self.classifier_lr})")
+        if int(self.noise_dim) < 0 or int(self.feature_dim) < 1:
+            raise ConfigError(f"noise_dim={self.noise_dim} must be >= 0 and feature_dim={self.feature_dim} >= 1")
+
+    # -- fit ----------------------------------------------------------------------------------------
+    def fit(self, dataset: AttributeDataset, checkpoint_dir: str | Path | None = None, resume: bool = False) -> "MaSS":
+        """Learn ``G`` on ``dataset`` (pretrain classifiers, then alternate generator/classifier steps).
+
+        Parameters
+        ----------
+        dataset : AttributeDataset
+            Training data with every suppressed and preserved attribute labelled.
+        checkpoint_dir : path, optional
+            Where the shared loop writes checkpoints (per epoch, and on Ctrl-C).
+        resume : bool
+            Continue from the checkpoints in ``checkpoint_dir``.
+        """
+        from privkit.models import create
+        from privkit.suppress.generators import create_generator, fit_generator_scale
+        from privkit.train import ClassifierConfig, LoopConfig, run_training, seed_everything, train_classifier, unwrap
+
+        self._validate_options()
+        budgets = self.check_budgets(dataset)
+        schema = dataset.schema
+        if len(dataset) < 2:
+            raise ConfigError(f"MaSS needs at least 2 training samples, got {len(dataset)}")
+        seed_everything(self.seed)
+        generator = create_generator(self.generator, schema, int(self.noise_dim), **dict(self.generator_kwargs or {}))
+        # standardising generators need the data scale: estimated on up to 2048 training samples
+        rng = np.random.default_rng(self.seed)
+        sample = np.sort(rng.choice(len(dataset), size=min(2048, len(dataset)), replace=False))
+        fit_generator_scale(generator, dataset.materialize(sample)[0])
+        feature_net = create(None, schema, int(self.feature_dim))
+        attrs = budgets["suppress"] + budgets["preserve"]
+        classifiers = {a: create(None, schema, schema.attribute(a).num_classes) for a in attrs}
+
+        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        main_ckpt = ckpt / "mass" if ckpt is not None else None
+        resuming = bool(resume and main_ckpt is not None and (main_ckpt / "latest.json").exists())
+        if not resuming:
+            # classifiers start from ones trained on the original data: the adversary is strong from step one
+            for i, a in enumerate(attrs):
+                if int(self.pretrain_epochs) == 0:
+                    break
+                loop = LoopConfig(epochs=int(self.pretrain_epochs), batch_size=int(self.batch_size),
+                                  seed=int(self.seed) + 1 + i, progress=self.progress, description=f"pretrain {a}")
+                classifiers[a], _ = train_classifier(classifiers[a], dataset, a, ClassifierConfig(lr=self.classifier_lr),
+                                                     loop, checkpoint_dir=ckpt / f"pretrain-{a}" if ckpt else None,
+                                                     resume=resume)
+        task = MaSSTask(generator, feature_net, classifiers, schema, budgets, int(self.noise_dim), float(self.lr),
+                        float(self.classifier_lr), float(self.nce_weight), int(self.classifier_steps))
+        loop = LoopConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), seed=int(self.seed),
+                          drop_last=len(dataset) > int(self.batch_size), progress=self.progress, description="MaSS")
+        history = run_training(task, dataset, loop, checkpoint_dir=main_ckpt, resume=resume)
+        self.generator_ = unwrap(task.nets["generator"]).eval()
+        self.feature_net_ = unwrap(task.nets["features"]).eval()
+        self.classifiers_ = {a: unwrap(task.nets[_classifier_key(a)]).eval() for a in attrs}
+        self.schema_ = schema
+        self.budgets_ = budgets
+        self.history_ = history
+        self.data_fingerprint_ = dataset.fingerprint()
+        return self
+
+    # -- transform ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Release ``x`` (a batch of shape ``(B, *input_shape)``): ``G(x, z)`` in eval mode.
+
+        The noise ``z`` is drawn from a generator seeded with ``seed`` at every call, so the output
+        is a deterministic function of ``x`` (and the same across processes and runs).
+        """
+        self._check_fitted()
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if tuple(x.shape[1:]) != tuple(self.schema_.input_shape):
+            raise SchemaError(f"the transform expects samples of shape {list(self.schema_.input_shape)} but got "
+                              f"{list(x.shape[1:])}; load the data with the same size options")
+        self.generator_.eval()
+        z = None
+        if int(self.noise_dim):
+            g = torch.Generator().manual_seed(int(self.seed))
+            z = torch.randn(len(x), int(self.noise_dim), generator=g)
+        return self.generator_(x, z)
+
+    def transform_batch(self, x: torch.Tensor, attrs: torch.Tensor | None = None) -> torch.Tensor:
+        """The transform-registry interface (:mod:`privkit.transforms`); labels are not used."""
+        return self.transform(x)
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write ``weights.safetensors`` (the generator) + ``meta.json`` (kind ``mass``) into ``folder``."""
+        from privkit.io.artifacts import save_artifact
+
+        self._check_fitted()
+        spec = self.generator_.privkit_spec
+        meta = {
+            "kind": KIND,
+            "architecture": spec["architecture"],
+            "kwargs": spec["kwargs"],
+            "generator": dict(spec),
+            "schema": self.schema_.to_dict(),
+            "config": self.get_params(),
+            "budgets": self.budgets_,
+            "metrics": {"history": self.history_},
+            "data_fingerprint": self.data_fingerprint_,
+            "num_parameters": int(sum(p.numel() for p in self.generator_.parameters())),
+        }
+        return save_artifact(folder, dict(self.generator_.state_dict()), meta)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "MaSS":
+        """Rebuild a fitted transform from ``folder`` (safetensors + JSON; never unpickles)."""
+        from privkit.io.artifacts import load_artifact
+        from privkit.suppress.generators import create_generator
+
+        tensors, meta = load_artifact(folder, expected_kind=KIND)
+        try:
+            schema = Schema.from_dict(meta["schema"])
+            config = dict(meta["config"])
+            spec = meta["generator"]
+            mass = cls(**{k: v for k, v in config.items() if k in cls._PARAMS})
+            gen = create_generator(spec["architecture"], schema, int(spec["noise_dim"]), **dict(spec.get("kwargs", {})))
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"meta.json in {folder} does not describe a MaSS transform; re-create it") from None
+        try:
+            gen.load_state_dict(tensors, strict=True)
+        except RuntimeError:
+            raise ArtifactError(f"weights in {folder} do not fit generator {spec['architecture']!r}; the artifact is "
+                                f"inconsistent") from None
+        mass.generator_ = gen.eval()
+        mass.schema_ = schema
+        mass.budgets_ = meta.get("budgets", {})
+        mass.history_ = list(meta.get("metrics", {}).get("history", []))
+        mass.data_fingerprint_ = meta.get("data_fingerprint")
+        return mass
+
+
+__all__ = ["MaSS", "MaSSTask", "info_nce", "label_entropy", "conditional_entropy", "resolve_budgets", "KIND"]

@@ -1,0 +1,1022 @@
+"""NTK forgetting (Golatkar et al., ECCV 2020) and Fast-NTK (Li et al., arXiv 2312.14923).
+
+Linearise the network at the weights :math:`w_0` it was fine-tuned from,
+
+.. math::
+
+    f_{lin}(x; w) = f_0(x) + J(x)\\,(w - w_0), \\qquad f_0(x) = f(x; w_0),
+
+and fit the linear model to a data set :math:`D` with the squared loss plus the
+:math:`w_0`-penalty of the fine-tuning recipe,
+:math:`\\tfrac12\\sum_{i\\in D}\\lVert f_{lin}(x_i; w) - y_i\\rVert^2 + \\tfrac\\lambda2\\lVert w-w_0\\rVert^2`.
+With :math:`J_D \\in \\mathbb{R}^{NC\\times P}` the stacked Jacobians and :math:`r_D` the stacked
+residuals this is ridge regression with the closed form
+
+.. math::
+
+    w_{lin}(D) - w_0 = (J_D^T J_D + \\lambda I_P)^{-1} J_D^T r_D
+                     = J_D^T (J_D J_D^T + \\lambda I_{NC})^{-1} r_D,
+
+the *primal* (:math:`P\\times P`) and *dual* (:math:`NC\\times NC`) forms; this module solves
+whichever is smaller. Forgetting :math:`D_f \\subset D` (retain set :math:`D_r = D\\setminus D_f`)
+moves the trained weights by the change the linear model predicts,
+
+.. math::
+
+    w \\leftarrow w(D) + s\\,[\\,w_{lin}(D_r) - w_{lin}(D)\\,].
+
+Recipe choices (documented because the paper, the notebook and the issue differ in notation):
+
+* **Residual.** ``loss="mse"``: :math:`r = y - f_0(x)` with :math:`y` one-hot (or the float
+  targets given). ``loss="ce"``: :math:`r = \\mathrm{onehot}(y) - \\mathrm{softmax}(f_0(x))`,
+  the notebook's ``-(f0_minus_y)``. The sign makes the linear model move *toward* the labels:
+  the first-order change of the cross-entropy along :math:`\\delta = w_{lin} - w_0` is
+  :math:`(\\mathrm{softmax} - \\mathrm{onehot})^T J\\delta = -r^T J (J^TJ+\\lambda I)^{-1} J^T r \\le 0`.
+* **Regulariser.** :math:`\\lambda = |S|\\cdot\\mathrm{weight\\_decay}` for the set :math:`S` being
+  fitted (``lambda_scaling="per-set"``, as in the notebook: :math:`\\lambda_D = N\\,wd`,
+  :math:`\\lambda_{D_r} = N_r\\,wd`), which is what a mean-loss fine-tuning recipe with penalty
+  :math:`\\tfrac{wd}2\\lVert w-w_0\\rVert^2` retrained on :math:`D_r` gives. ``"fixed"`` uses
+  :math:`\\lambda = N\\,wd` for both sets (needed by the dual Schur/block form).
+* **Linearisation point.** Jacobians and :math:`f_0` are taken at :math:`w_0` for the selected
+  parameters; the others (frozen in PEFT) and the buffers (BatchNorm statistics) are the model's.
+  The notebook, in practice, passes the trained model to its Jacobian loop; at :math:`w_0` the
+  derivation is exact for linear models (see the tests).
+* **Scale** :math:`s`: ``1.0`` or ``"trapezium"`` (:func:`trapezium_scale`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from privkit.errors import ArtifactError, ConfigError, ResourceError
+from privkit.unlearn.jacobian import (
+    DEFAULT_CHUNK_SIZE,
+    flatten_parameters,
+    iter_jacobian_chunks,
+    select_parameters,
+    unflatten_parameters,
+)
+
+__all__ = [
+    "RESIDUALS",
+    "SOLVERS",
+    "register_residual",
+    "register_solver",
+    "residual",
+    "ridge_delta_primal",
+    "ridge_delta_dual",
+    "choose_solver",
+    "forget_delta_two_solve",
+    "forget_delta_block",
+    "trapezium_scale",
+    "available_memory_bytes",
+    "estimate_memory",
+    "check_memory",
+    "ntk_unlearn",
+    "NTKState",
+]
+
+SOLVE_DTYPE = torch.float64
+_GIB = 1024.0**3
+
+# --------------------------------------------------------------------------------------------
+# Residuals r(f_0, y)
+# --------------------------------------------------------------------------------------------
+
+ResidualFn = Callable[[Tensor, Tensor], Tensor]
+RESIDUALS: dict[str, ResidualFn] = {}
+
+
+def register_residual(name: str) -> Callable[[ResidualFn], ResidualFn]:
+    """Register ``fn(logits (N, C) float64, y) -> r (N, C)`` as the residual of loss ``name``."""
+
+    def decorate(fn: ResidualFn) -> ResidualFn:
+        RESIDUALS[name] = fn
+        return fn
+
+    return decorate
+
+
+def _targets(logits: Tensor, y: Tensor) -> Tensor:
+    """One-hot targets for integer labels, or the given ``(N, C)`` float targets."""
+    n, n_classes = logits.shape
+    if y.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        y = y.reshape(-1).long()
+        if y.numel() != n:
+            raise ConfigError(f"got {y.numel()} labels for {n} samples; pass one label per sample")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+            raise ConfigError(
+                f"label {int(y.max()) if int(y.max()) >= n_classes else int(y.min())} is outside "
+                f"the model's {n_classes} classes; pass labels in [0, {n_classes - 1}]"
+            )
+        return torch.nn.functional.one_hot(y, n_classes).to(logits.dtype)
+    if tuple(y.shape) != (n, n_classes):
+        raise ConfigError(
+            f"float targets have shape {tuple(y.shape)} but the logits have {(n, n_classes)}; "
+            "pass integer labels or (N, C) targets"
+        )
+    return y.to(logits.dtype)
+
+
+@register_residual("ce")
+def _residual_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """:math:`r = \\mathrm{onehot}(y) - \\mathrm{softmax}(f_0)`: minus the CE gradient in logits."""
+    return _targets(logits, y) - torch.softmax(logits, dim=1)
+
+
+@register_residual("mse")
+def _residual_squared(logits: Tensor, y: Tensor) -> Tensor:
+    """:math:`r = y - f_0`: the squared-loss residual the linear model fits exactly."""
+    return _targets(logits, y) - logits
+
+
+def residual(logits: Tensor, y: Tensor, loss: str = "ce") -> Tensor:
+    """Residual :math:`r` of ``loss`` at logits :math:`f_0` (float64, shape ``(N, C)``)."""
+    try:
+        fn = RESIDUALS[loss]
+    except KeyError:
+        raise ConfigError(f"unknown NTK loss {loss!r}; choose one of {sorted(RESIDUALS)}") from None
+    return fn(logits.to(SOLVE_DTYPE), y)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear algebra (float64)
+# --------------------------------------------------------------------------------------------
+
+SolverFn = Callable[[Tensor, Tensor, float], Tensor]
+SOLVERS: dict[str, SolverFn] = {}
+
+
+def register_solver(name: str) -> Callable[[SolverFn], SolverFn]:
+    """Register ``fn(J (M, P), r (M,), lam) -> w_lin - w_0 (P,)`` as ridge solver ``name``."""
+
+    def decorate(fn: SolverFn) -> SolverFn:
+        SOLVERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def _spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """Solve ``matrix @ z = rhs`` for symmetric positive definite ``matrix`` by Cholesky."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) != 0:
+        # lambda > 0 makes the system positive definite in exact arithmetic; only severe
+        # round-off gets here, and an LU solve is then the robust fallback.
+        return torch.linalg.solve(matrix, rhs)
+    if rhs.dim() == 1:
+        return torch.cholesky_solve(rhs.unsqueeze(1), factor).squeeze(1)
+    return torch.cholesky_solve(rhs, factor)
+
+
+def _with_ridge(matrix: Tensor, lam: float) -> Tensor:
+    out = matrix.clone()
+    out.diagonal().add_(lam)
+    return out
+
+
+@register_solver("primal")
+def ridge_delta_primal(jac: Tensor, res: Tensor, lam: float) -> Tensor:
+    """:math:`w_{lin}-w_0 = (J^TJ+\\lambda I_P)^{-1}J^Tr`; cost :math:`O(MP^2 + P^3)`."""
+    jac = jac.to(SOLVE_DTYPE)
+    return _spd_solve(_with_ridge(jac.T @ jac, lam), jac.T @ res.to(SOLVE_DTYPE))
+
+
+@register_solver("dual")
+def ridge_delta_dual(jac: Tensor, res: Tensor, lam: float) -> Tensor:
+    """:math:`w_{lin}-w_0 = J^T(JJ^T+\\lambda I_M)^{-1}r`; cost :math:`O(M^2P + M^3)`."""
+    jac = jac.to(SOLVE_DTYPE)
+    return jac.T @ _spd_solve(_with_ridge(jac @ jac.T, lam), res.to(SOLVE_DTYPE))
+
+
+def choose_solver(n_rows: int, n_params: int, solver: str = "auto") -> str:
+    """Pick ``primal`` (P x P system) when ``P <= NC`` else ``dual`` (NC x NC); validate names."""
+    if solver == "auto":
+        return "primal" if n_params <= n_rows else "dual"
+    if solver not in SOLVERS and solver != "block":
+        raise ConfigError(
+            f"unknown NTK solver {solver!r}; choose 'auto', 'block' or one of {sorted(SOLVERS)}"
+        )
+    return solver
+
+
+def _lambdas(weight_decay: float, n_total: int, n_retain: int, lambda_scaling: str
+             ) -> tuple[float, float]:
+    if lambda_scaling == "per-set":
+        return weight_decay * n_total, weight_decay * n_retain
+    if lambda_scaling == "fixed":
+        return weight_decay * n_total, weight_decay * n_total
+    raise ConfigError(f"unknown lambda_scaling {lambda_scaling!r}; choose 'per-set' or 'fixed'")
+
+
+def forget_delta_two_solve(
+    jac_retain: Tensor, res_retain: Tensor, jac_forget: Tensor, res_forget: Tensor,
+    lam_full: float, lam_retain: float, solver: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """:math:`w_{lin}(D_r) - w_{lin}(D)` from two independent ridge solves.
+
+    Returns ``(delta, w_lin(D_r) - w_0)``; rows of ``jac_*`` are (sample, logit) pairs.
+    """
+    n_rows = jac_retain.shape[0] + jac_forget.shape[0]
+    name = choose_solver(n_rows, jac_retain.shape[1], solver)
+    if name == "block":
+        raise ConfigError("solver='block' is forget_delta_block; pick 'primal' or 'dual' here")
+    solve = SOLVERS[name]
+    full = solve(torch.cat([jac_retain, jac_forget]), torch.cat([res_retain, res_forget]),
+                 lam_full)
+    retain_only = solve(jac_retain, res_retain, lam_retain)
+    return retain_only - full, retain_only
+
+
+def forget_delta_block(
+    jac_retain: Tensor, res_retain: Tensor, jac_forget: Tensor, res_forget: Tensor, lam: float,
+) -> tuple[Tensor, Tensor]:
+    """:math:`w_{lin}(D_r) - w_{lin}(D)` from the full-D dual system by eliminating the forget block.
+
+    With :math:`K = J_DJ_D^T + \\lambda I`, :math:`M = K^{-1}` and :math:`\\alpha = M r_D`
+    (so :math:`w_{lin}(D) - w_0 = J_D^T\\alpha`), the block-inverse identity
+    :math:`(K_{rr})^{-1} = M_{rr} - M_{rf} M_{ff}^{-1} M_{fr}` gives the retain-only
+    coefficients :math:`\\alpha'_r = \\alpha_r - M_{rf}M_{ff}^{-1}\\alpha_f` (and
+    :math:`\\alpha'_f = 0`), hence
+
+    .. math::
+
+        w_{lin}(D_r) - w_{lin}(D) = -J_D^T\\, M_{:,f}\\, M_{ff}^{-1}\\, \\alpha_f .
+
+    Only the forget columns of :math:`M` are needed: one factorisation of :math:`K` serves
+    every forget set. Both systems must share :math:`\\lambda` (``lambda_scaling="fixed"``).
+    Returns ``(delta, w_lin(D_r) - w_0)``.
+    """
+    jac = torch.cat([jac_retain, jac_forget]).to(SOLVE_DTYPE)
+    res = torch.cat([res_retain, res_forget]).to(SOLVE_DTYPE)
+    n_retain_rows = jac_retain.shape[0]
+    kernel = _with_ridge(jac @ jac.T, lam)
+    factor = torch.linalg.cholesky(kernel)
+    alpha = torch.cholesky_solve(res.unsqueeze(1), factor).squeeze(1)
+    selector = torch.zeros(kernel.shape[0], kernel.shape[0] - n_retain_rows, dtype=SOLVE_DTYPE)
+    selector[n_retain_rows:] = torch.eye(kernel.shape[0] - n_retain_rows, dtype=SOLVE_DTYPE)
+    inverse_forget_columns = torch.cholesky_solve(selector, factor)          # M[:, f]
+    inverse_forget_block = inverse_forget_columns[n_retain_rows:]            # M[f, f]
+    coefficient_change = -inverse_forget_columns @ _spd_solve(inverse_forget_block,
+                                                              alpha[n_retain_rows:])
+    delta = jac.T @ coefficient_change
+    return delta, jac.T @ (alpha + coefficient_change)
+
+
+def trapezium_scale(delta: Tensor, w_trained: Tensor, w_lin_retain: Tensor) -> float:
+    """The reference notebook's "trapezium" correction of the step length.
+
+    With :math:`\\Delta = w_{lin}(D_r) - w_{lin}(D)` and the prediction error
+    :math:`e = w(D) - w_{lin}(D_r)` (notebook: ``m_pred_error``), the notebook sets
+    :math:`\\cos\\theta = \\langle\\hat\\Delta, \\hat e\\rangle` and predicts the length of the
+    real step as :math:`\\lVert\\Delta\\rVert + 2\\sin(\\theta - \\pi/2)\\lVert e\\rVert` when
+    :math:`\\cos\\theta < 0` and :math:`\\lVert\\Delta\\rVert + 2\\cos\\theta\\lVert e\\rVert`
+    otherwise. Both branches equal :math:`\\lVert\\Delta\\rVert + 2|\\langle\\hat\\Delta, e\\rangle|`,
+    so
+
+    .. math::
+
+        s = 1 + 2\\,|\\langle \\Delta, e\\rangle| / \\lVert\\Delta\\rVert^2 \\ \\ge 1 .
+
+    Our reading: :math:`w(D)`, :math:`w_{lin}(D)`, :math:`w_{lin}(D_r)` and the unknown
+    :math:`w(D_r)` are taken as the corners of a trapezium whose parallel sides lie along
+    :math:`\\Delta`; the part of the non-linear error along :math:`\\Delta`, counted on both
+    sides, lengthens the step. It is a heuristic for non-linear networks: for an exactly
+    linear model :math:`e = -\\Delta` and it gives :math:`s = 3`, so use ``scale=1`` there.
+    """
+    delta = delta.to(SOLVE_DTYPE)
+    error = (w_trained.to(SOLVE_DTYPE) - w_lin_retain.to(SOLVE_DTYPE))
+    delta_norm = float(torch.linalg.vector_norm(delta))
+    error_norm = float(torch.linalg.vector_norm(error))
+    if delta_norm == 0.0 or error_norm == 0.0:
+        return 1.0
+    inner = float(torch.dot(delta, error)) / (delta_norm * error_norm)
+    inner = min(1.0, max(-1.0, inner))
+    if inner < 0:
+        angle = math.acos(inner) - math.pi / 2
+        predicted_norm = delta_norm + 2 * math.sin(angle) * error_norm
+    else:
+        angle = math.acos(inner)
+        predicted_norm = delta_norm + 2 * math.cos(angle) * error_norm
+    return predicted_norm / delta_norm
+
+
+# --------------------------------------------------------------------------------------------
+# Memory guard
+# --------------------------------------------------------------------------------------------
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to a new allocation: ``MemAvailable`` from /proc/meminfo, else sysconf."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux or unreadable: fall through to sysconf
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_memory(
+    n_samples: int, n_classes: int, n_params: int, solver: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE, dtype: torch.dtype = torch.float32,
+) -> dict[str, int]:
+    """Peak bytes of one NTK forgetting run, by component.
+
+    Parameters
+    ----------
+    n_samples, n_classes, n_params : int
+        :math:`N = |D|`, :math:`C`, :math:`P`.
+    solver : {"primal", "dual", "block", "state"}
+        ``primal`` streams Jacobian chunks into :math:`J^TJ` (never holds all of :math:`J`) and
+        keeps about four :math:`P\\times P` float64 matrices (two accumulators, the system and its
+        factor). ``dual``/``block`` hold the full float64 :math:`J` (:math:`NCP\\cdot 8` bytes, the
+        analytic bound) and about four / three :math:`NC\\times NC` matrices. ``state``
+        (:class:`NTKState`) keeps :math:`J^TJ`, its eigenvectors and one work matrix.
+    chunk_size : int
+        Samples per Jacobian chunk: the chunk is produced in ``dtype`` (once per parameter
+        tensor and once concatenated) and copied to float64.
+    dtype : torch.dtype
+        The model's dtype.
+
+    Returns
+    -------
+    dict
+        ``jacobian_chunk``, ``jacobian_full``, ``system`` and ``total`` in bytes. Activation
+        memory of the vmapped backward pass is not included (it is model-specific).
+    """
+    item = torch.empty((), dtype=dtype).element_size()
+    rows = n_samples * n_classes
+    chunk = min(chunk_size, n_samples) * n_classes * n_params * (2 * item + 8)
+    if solver == "primal":
+        full, system = 0, 4 * n_params * n_params * 8
+    elif solver == "state":
+        full, system = 0, 3 * n_params * n_params * 8
+    elif solver == "dual":
+        full, system = rows * n_params * 8, 4 * rows * rows * 8
+    elif solver == "block":
+        full, system = rows * n_params * 8, 3 * rows * rows * 8
+    else:
+        raise ConfigError(f"unknown NTK solver {solver!r}; choose 'primal', 'dual' or 'block'")
+    return {"jacobian_chunk": chunk, "jacobian_full": full, "system": system,
+            "total": chunk + full + system}
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / _GIB:.2f} GiB"
+
+
+def check_memory(
+    n_samples: int, n_classes: int, n_params: int, solver: str, chunk_size: int,
+    dtype: torch.dtype = torch.float32, max_memory_bytes: int | None = None,
+    fewer_params: Mapping[str, int] | None = None,
+) -> dict[str, int | None]:
+    """Refuse, before anything is allocated, a configuration whose estimate does not fit.
+
+    ``max_memory_bytes`` caps the budget (default: :func:`available_memory_bytes`);
+    ``fewer_params`` maps alternative ``--params`` names to their P so the message can offer
+    them. Returns the estimate plus ``available``; raises :class:`ResourceError` naming the
+    options (the other solver, a smaller chunk, fewer parameters) that would fit.
+    """
+    estimate = dict(estimate_memory(n_samples, n_classes, n_params, solver, chunk_size, dtype))
+    budget = max_memory_bytes if max_memory_bytes is not None else available_memory_bytes()
+    estimate["available"] = budget
+    if budget is None or estimate["total"] <= budget:
+        return estimate
+
+    def fits(p: int, name: str, chunk: int) -> int | None:
+        need = estimate_memory(n_samples, n_classes, p, name, chunk, dtype)["total"]
+        return need if need <= budget else None
+
+    options: list[str] = []
+    for other in ("primal", "dual"):
+        if other != solver and (need := fits(n_params, other, chunk_size)) is not None:
+            options.append(f"--solver {other} ({_gib(need)})")
+    chunk = chunk_size // 2
+    while chunk >= 1:
+        if (need := fits(n_params, solver, chunk)) is not None:
+            options.append(f"--chunk-size {chunk} ({_gib(need)})")
+            break
+        chunk //= 2
+    for kind, p in (fewer_params or {}).items():
+        best = min(("primal", "dual"),
+                   key=lambda s: estimate_memory(n_samples, n_classes, p, s, chunk_size,
+                                                 dtype)["total"])
+        if (need := fits(p, best, chunk_size)) is not None:
+            options.append(f"--params {kind} --solver {best} (P={p}, {_gib(need)})")
+    advice = ("would fit: " + "; ".join(options)) if options else (
+        "no solver or chunk size fits; train with --peft bn and use --params bn, "
+        "or forget from a smaller data set")
+    raise ResourceError(
+        f"NTK forgetting with --solver {solver} (N={n_samples}, C={n_classes}, P={n_params}, "
+        f"chunk {chunk_size}) needs about {_gib(estimate['total'])} but only {_gib(budget)} is "
+        f"available; {advice}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Jacobian-side helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _linearisation_point(model: nn.Module, selected: Mapping[str, Tensor],
+                         w0: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    point: dict[str, Tensor] = {}
+    for name, param in selected.items():
+        if name not in w0:
+            raise ConfigError(
+                f"w0 has no entry for parameter {name!r}; pass the weights the model was "
+                "fine-tuned from (a state dict holding every selected parameter)"
+            )
+        value = w0[name]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ConfigError(
+                f"w0[{name!r}] has shape {tuple(value.shape)} but the model's parameter has "
+                f"{tuple(param.shape)}; pass w0 for this architecture"
+            )
+        point[name] = value.detach().to(dtype=param.dtype, device=param.device)
+    return point
+
+
+def _count_classes(model: nn.Module, point: Mapping[str, Tensor], x: Tensor) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            fixed = {**dict(model.named_parameters()), **dict(model.named_buffers()), **point}
+            logits = torch.func.functional_call(model, fixed, (x[:1],))
+    finally:
+        model.train(was_training)
+    if logits.dim() != 2:
+        raise ConfigError(
+            f"model output has shape {tuple(logits.shape)}; NTK forgetting needs logits of shape "
+            "(batch, classes)"
+        )
+    return int(logits.shape[1])
+
+
+def _normal_equations(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
+                      loss: str, chunk_size: int, mode: str) -> tuple[Tensor, Tensor]:
+    """Stream :math:`J^TJ` and :math:`J^Tr` over chunks (float64) without storing :math:`J`."""
+    n_params = sum(p.numel() for p in point.values())
+    gram = torch.zeros(n_params, n_params, dtype=SOLVE_DTYPE)
+    jtr = torch.zeros(n_params, dtype=SOLVE_DTYPE)
+    for start, jac, logits in iter_jacobian_chunks(model, x, point, chunk_size, mode=mode):
+        rows = jac.reshape(-1, n_params).to(SOLVE_DTYPE)
+        res = residual(logits, y[start:start + logits.shape[0]], loss).reshape(-1)
+        gram.addmm_(rows.T, rows)
+        jtr.addmv_(rows.T, res)
+    return gram, jtr
+
+
+def _stacked_jacobian(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
+                      loss: str, chunk_size: int, mode: str) -> tuple[Tensor, Tensor]:
+    """Full float64 :math:`J` of shape (N*C, P) and residual (N*C,), rows sample-major."""
+    jac_full: Tensor | None = None
+    res_full: Tensor | None = None
+    for start, jac, logits in iter_jacobian_chunks(model, x, point, chunk_size, mode=mode):
+        n, n_classes, n_params = jac.shape
+        if jac_full is None:
+            jac_full = torch.empty(x.shape[0] * n_classes, n_params, dtype=SOLVE_DTYPE)
+            res_full = torch.empty(x.shape[0] * n_classes, dtype=SOLVE_DTYPE)
+        rows = slice(start * n_classes, (start + n) * n_classes)
+        jac_full[rows] = jac.reshape(-1, n_params)
+        res_full[rows] = residual(logits, y[start:start + n], loss).reshape(-1)
+    assert jac_full is not None and res_full is not None  # callers check for empty sets
+    return jac_full, res_full
+
+
+def _check_sets(retain_x: Tensor, retain_y: Tensor, forget_x: Tensor, forget_y: Tensor) -> None:
+    if forget_x.shape[0] == 0:
+        raise ConfigError("the forget set is empty; select at least one sample to forget")
+    if retain_x.shape[0] == 0:
+        raise ConfigError("the forget set is all the data (retain set empty); "
+                          "forgetting everything is retraining from w0, not unlearning")
+    for name, xs, ys in (("retain", retain_x, retain_y), ("forget", forget_x, forget_y)):
+        if xs.shape[0] != ys.shape[0]:
+            raise ConfigError(f"{name} set has {xs.shape[0]} inputs but {ys.shape[0]} labels; "
+                              "pass one label per input")
+
+
+def _check_weight_decay(weight_decay: float) -> None:
+    if not weight_decay > 0:
+        raise ConfigError(f"weight_decay must be > 0 (lambda = N * weight_decay), got "
+                          f"{weight_decay}; use the w0-penalty of the training recipe")
+
+
+def _fewer_params(model: nn.Module, params: str) -> dict[str, int]:
+    """P of the Fast-NTK selections that exist for this model (for the memory-guard advice)."""
+    out: dict[str, int] = {}
+    if params != "all":
+        return out
+    for kind in ("bn", "prompt"):
+        try:
+            out[kind] = sum(p.numel() for p in select_parameters(model, kind).values())
+        except ConfigError:
+            continue  # this model has no such parameters; nothing to suggest
+    return out
+
+
+def _apply_delta(model: nn.Module, names: list[str], delta: Mapping[str, Tensor]) -> None:
+    live = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            live[name].add_(delta[name].to(live[name].device))
+
+
+# --------------------------------------------------------------------------------------------
+# One-shot NTK forgetting
+# --------------------------------------------------------------------------------------------
+
+
+def ntk_unlearn(
+    model: nn.Module,
+    w0: Mapping[str, Tensor],
+    retain_x: Tensor,
+    retain_y: Tensor,
+    forget_x: Tensor,
+    forget_y: Tensor,
+    params: str = "all",
+    weight_decay: float = 5e-4,
+    scale: float | str = 1.0,
+    solver: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    loss: str = "ce",
+    lambda_scaling: str = "per-set",
+    max_memory_bytes: int | None = None,
+    jacobian_mode: str = "auto",
+    inplace: bool = False,
+) -> tuple[nn.Module, dict]:
+    """Forget ``forget_*`` from ``model`` with the NTK step :math:`w \\leftarrow w(D) + s\\Delta`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained classifier :math:`w(D)`, fine-tuned from ``w0`` on :math:`D = D_r \\cup D_f`.
+    w0 : dict of str to Tensor
+        Linearisation point and centre of the penalty: must hold every selected parameter.
+    retain_x, retain_y, forget_x, forget_y : Tensor
+        :math:`D_r` and :math:`D_f`; ``y`` are integer labels or ``(N, C)`` float targets.
+    params : {"all", "bn", "prompt"}
+        ``all`` is NTK (Golatkar et al.); ``bn``/``prompt`` is Fast-NTK (Li et al.).
+    weight_decay : float
+        :math:`wd` of the recipe; :math:`\\lambda = |S|\\,wd` (see ``lambda_scaling``).
+    scale : float or "trapezium"
+        Step length :math:`s` (see :func:`trapezium_scale`).
+    solver : {"auto", "primal", "dual", "block"}
+        ``auto`` solves the smaller of the :math:`P\\times P` and :math:`NC\\times NC` systems;
+        ``block`` is the dual Schur form (:func:`forget_delta_block`, needs ``"fixed"``).
+    chunk_size : int
+        Samples per vmapped Jacobian call.
+    loss : {"ce", "mse"}
+        Residual definition (module docstring).
+    lambda_scaling : {"per-set", "fixed"}
+        :math:`\\lambda_{D_r} = N_r\\,wd` (notebook, retraining recipe) or :math:`N\\,wd`.
+    max_memory_bytes : int, optional
+        Memory budget for the guard (default: memory available now).
+    jacobian_mode : {"auto", "rev", "fwd"}
+        Passed to :func:`~privkit.unlearn.jacobian.parameter_jacobian`.
+    inplace : bool
+        Update ``model`` itself instead of a deep copy.
+
+    Returns
+    -------
+    model : nn.Module
+        The updated model (a copy unless ``inplace``).
+    info : dict
+        ``solver``, ``P``, ``N``, ``N_retain``, ``N_forget``, ``C``, ``lambda_full``,
+        ``lambda_retain``, ``scale``, ``delta_norm``, ``delta`` (the applied update by name),
+        ``timings`` (seconds: ``jacobian``, ``solve``, ``total``) and ``memory`` (estimate and
+        budget in bytes).
+    """
+    t_start = time.perf_counter()
+    _check_sets(retain_x, retain_y, forget_x, forget_y)
+    _check_weight_decay(weight_decay)
+    if not (isinstance(scale, (int, float)) or scale == "trapezium"):
+        raise ConfigError(f"scale must be a number or 'trapezium', got {scale!r}")
+    selected = select_parameters(model, params)
+    names = list(selected)
+    point = _linearisation_point(model, selected, w0)
+    n_params = sum(p.numel() for p in point.values())
+    n_retain, n_forget = retain_x.shape[0], forget_x.shape[0]
+    n_total = n_retain + n_forget
+    n_classes = _count_classes(model, point, retain_x)
+    chosen = choose_solver(n_total * n_classes, n_params, solver)
+    lam_full, lam_retain = _lambdas(weight_decay, n_total, n_retain, lambda_scaling)
+    if chosen == "block" and lam_full != lam_retain:
+        raise ConfigError("solver='block' eliminates the forget block of one system and needs "
+                          "one lambda for D and D_r; pass lambda_scaling='fixed'")
+    dtype = next(iter(point.values())).dtype
+    memory = check_memory(n_total, n_classes, n_params, chosen, chunk_size, dtype,
+                          max_memory_bytes, _fewer_params(model, params))
+
+    t_jac = time.perf_counter()
+    if chosen == "primal":
+        gram, jtr_r = _normal_equations(model, point, retain_x, retain_y, loss, chunk_size,
+                                        jacobian_mode)
+        gram_f, jtr_f = _normal_equations(model, point, forget_x, forget_y, loss, chunk_size,
+                                          jacobian_mode)
+        t_solve = time.perf_counter()
+        delta_retain = _spd_solve(_with_ridge(gram, lam_retain), jtr_r)
+        gram.add_(gram_f)  # reuse the buffer: J_D^T J_D = J_r^T J_r + J_f^T J_f
+        del gram_f
+        delta_full = _spd_solve(_with_ridge(gram, lam_full), jtr_r + jtr_f)
+        del gram
+        delta = delta_retain - delta_full
+    else:
+        jac_r, res_r = _stacked_jacobian(model, point, retain_x, retain_y, loss, chunk_size,
+                                         jacobian_mode)
+        jac_f, res_f = _stacked_jacobian(model, point, forget_x, forget_y, loss, chunk_size,
+                                         jacobian_mode)
+        t_solve = time.perf_counter()
+        if chosen == "block":
+            delta, delta_retain = forget_delta_block(jac_r, res_r, jac_f, res_f, lam_full)
+        else:
+            delta, delta_retain = forget_delta_two_solve(jac_r, res_r, jac_f, res_f, lam_full,
+                                                         lam_retain, "dual")
+        del jac_r, jac_f
+    t_done_solve = time.perf_counter()
+
+    w_trained = flatten_parameters(selected, SOLVE_DTYPE)
+    w0_flat = flatten_parameters(point, SOLVE_DTYPE)
+    step = (trapezium_scale(delta, w_trained, w0_flat + delta_retain)
+            if scale == "trapezium" else float(scale))
+    applied = unflatten_parameters(step * delta, selected)
+    updated = model if inplace else copy.deepcopy(model)
+    _apply_delta(updated, names, applied)
+    t_end = time.perf_counter()
+    info = {
+        "method": "ntk" if params == "all" else "fast-ntk",
+        "params": params,
+        "solver": chosen,
+        "P": n_params,
+        "N": n_total,
+        "N_retain": n_retain,
+        "N_forget": n_forget,
+        "C": n_classes,
+        "lambda_full": lam_full,
+        "lambda_retain": lam_retain,
+        "scale": step,
+        "delta_norm": float(torch.linalg.vector_norm(delta)),
+        "delta": applied,
+        "timings": {
+            "jacobian": t_solve - t_jac,
+            "solve": t_done_solve - t_solve,
+            "total": t_end - t_start,
+        },
+        "memory": memory,
+    }
+    return updated, info
+
+
+# --------------------------------------------------------------------------------------------
+# Cached state for repeated deletion requests
+# --------------------------------------------------------------------------------------------
+
+
+class NTKState:
+    """The primal NTK system over :math:`D`, kept so deletion requests are cheap.
+
+    ``fit`` pays the one-off cost: Jacobians over all of :math:`D`,
+    :math:`G = J_D^TJ_D`, :math:`b = J_D^Tr_D`, the eigendecomposition
+    :math:`G = Q\\Lambda Q^T` and :math:`\\delta_D = w_{lin}(D) - w_0 = (G+\\lambda_D I)^{-1}b`.
+    A request for :math:`D_f` then needs only the forget set's Jacobians :math:`J_f` and a
+    downdate,
+
+    .. math::
+
+        A_r = G - J_f^TJ_f + \\lambda_r I, \\qquad b_r = b - J_f^Tr_f, \\qquad
+        \\delta_r = A_r^{-1} b_r,
+
+    solved either by Woodbury against the cached factor, with :math:`B = G + \\lambda_r I`
+    (inverted through :math:`Q`, so any :math:`\\lambda_r` works) and :math:`U = J_f`,
+
+    .. math::
+
+        A_r^{-1} = B^{-1} + B^{-1}U^T (I - U B^{-1} U^T)^{-1} U B^{-1}
+        \\quad (O(mP^2 + m^3),\\ m = |D_f|\\,C),
+
+    or by a Cholesky factorisation of the downdated :math:`A_r` (:math:`O(P^3)`, used when
+    :math:`m` is not small next to :math:`P`). The update is
+    :math:`w \\leftarrow w + s(\\delta_r - \\delta_D)`. With ``commit=True`` the state becomes the
+    state of :math:`D_r`, so requests can follow one another; rows removed since the last
+    factorisation are kept and folded into :math:`U`, and the factor is refreshed once they
+    reach a third of :math:`P`.
+
+    Parameters
+    ----------
+    params, weight_decay, loss, lambda_scaling, chunk_size, jacobian_mode, max_memory_bytes
+        As in :func:`ntk_unlearn`.
+
+    Attributes
+    ----------
+    param_names_, param_shapes_ : list
+        The selected parameters, in the order of the P axis.
+    w0_ : Tensor
+        Flattened linearisation point (float64, shape ``(P,)``).
+    gram_, jtr_ : Tensor
+        :math:`J^TJ` and :math:`J^Tr` over the current data set.
+    eigvals_, eigvecs_ : Tensor
+        Eigendecomposition of the Gram matrix at the last factorisation.
+    removed_jacobian_ : Tensor
+        Jacobian rows removed since that factorisation, shape ``(m_total, P)``.
+    delta_ : Tensor
+        :math:`w_{lin}(D) - w_0` for the current :math:`D`.
+    n_samples_, n_fit_samples_, n_classes_ : int
+        Current and original :math:`|D|`, and :math:`C`.
+    one_off_seconds_ : dict
+        ``jacobian``, ``factor`` and ``total`` seconds of ``fit``.
+    """
+
+    FORMAT = "privkit.ntk_state/1"
+    _METADATA_KEY = "privkit_ntk_state"
+
+    def __init__(self, params: str = "all", weight_decay: float = 5e-4, loss: str = "ce",
+                 lambda_scaling: str = "per-set", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 jacobian_mode: str = "auto", max_memory_bytes: int | None = None):
+        self.params = params
+        self.weight_decay = weight_decay
+        self.loss = loss
+        self.lambda_scaling = lambda_scaling
+        self.chunk_size = chunk_size
+        self.jacobian_mode = jacobian_mode
+        self.max_memory_bytes = max_memory_bytes
+
+    # ---- one-off ---------------------------------------------------------------------------
+
+    def fit(self, model: nn.Module, w0: Mapping[str, Tensor], x: Tensor, y: Tensor) -> NTKState:
+        """Build the system over :math:`D = (x, y)` at the linearisation point ``w0``."""
+        t_start = time.perf_counter()
+        _check_weight_decay(self.weight_decay)
+        _lambdas(self.weight_decay, 2, 1, self.lambda_scaling)  # validates the name
+        if x.shape[0] == 0:
+            raise ConfigError("cannot build an NTK state over zero samples; pass the training set")
+        selected = select_parameters(model, self.params)
+        point = _linearisation_point(model, selected, w0)
+        n_params = sum(p.numel() for p in point.values())
+        n_classes = _count_classes(model, point, x)
+        dtype = next(iter(point.values())).dtype
+        check_memory(x.shape[0], n_classes, n_params, "state", self.chunk_size, dtype,
+                     self.max_memory_bytes, _fewer_params(model, self.params))
+        gram, jtr = _normal_equations(model, point, x, y, self.loss, self.chunk_size,
+                                      self.jacobian_mode)
+        t_factor = time.perf_counter()
+        self.param_names_ = list(point)
+        self.param_shapes_ = [list(p.shape) for p in point.values()]
+        self.w0_ = flatten_parameters(point, SOLVE_DTYPE)
+        self.gram_ = gram
+        self.jtr_ = jtr
+        self.n_samples_ = int(x.shape[0])
+        self.n_fit_samples_ = int(x.shape[0])
+        self.n_classes_ = n_classes
+        self._factor()
+        self.delta_ = self._solve(self.jtr_, self._lambda(self.n_samples_),
+                                  self.removed_jacobian_, "woodbury")[0]
+        t_end = time.perf_counter()
+        self.one_off_seconds_ = {"jacobian": t_factor - t_start, "factor": t_end - t_factor,
+                                 "total": t_end - t_start}
+        self.n_requests_ = 0
+        return self
+
+    def _factor(self) -> None:
+        self.eigvals_, self.eigvecs_ = torch.linalg.eigh(self.gram_)
+        # G is PSD; round-off can make tiny eigenvalues slightly negative.
+        self.eigvals_.clamp_(min=0.0)
+        self.removed_jacobian_ = torch.zeros(0, self.gram_.shape[0], dtype=SOLVE_DTYPE)
+
+    def refactor(self) -> float:
+        """Re-factorise the current Gram matrix (clears the removed rows); returns seconds."""
+        self._check_fitted()
+        t_start = time.perf_counter()
+        self._factor()
+        return time.perf_counter() - t_start
+
+    def _lambda(self, n_samples: int) -> float:
+        if self.lambda_scaling == "fixed":
+            return self.weight_decay * self.n_fit_samples_
+        return self.weight_decay * n_samples
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "gram_"):
+            raise ConfigError("this NTKState is not fitted; call fit(model, w0, x, y) or load()")
+
+    # ---- per request -----------------------------------------------------------------------
+
+    def _solve(self, rhs: Tensor, lam: float, removed: Tensor, method: str) -> tuple[Tensor, str]:
+        """Solve :math:`(Q\\Lambda Q^T - U^TU + \\lambda I) z = \\mathrm{rhs}` with U = ``removed``."""
+        n_params = rhs.shape[0]
+        if method == "auto":
+            method = "woodbury" if 3 * removed.shape[0] < n_params else "cholesky"
+        if method == "cholesky":
+            # gram_ is Q Lambda Q^T - (rows already committed); subtract only uncommitted rows.
+            pending = removed[self.removed_jacobian_.shape[0]:]
+            system = _with_ridge(self.gram_, lam)
+            system.addmm_(pending.T, pending, alpha=-1.0)
+            return _spd_solve(system, rhs), "cholesky"
+        if method != "woodbury":
+            raise ConfigError(f"unknown downdate method {method!r}; choose 'auto', 'woodbury' "
+                              "or 'cholesky'")
+        inv_diag = 1.0 / (self.eigvals_ + lam)
+        basis = self.eigvecs_
+        rhs_eig = basis.T @ rhs
+        solution = basis @ (inv_diag * rhs_eig)                       # B^-1 rhs
+        if removed.shape[0] == 0:
+            return solution, "woodbury"
+        removed_eig = removed @ basis                                  # U Q
+        capacitance = -(removed_eig * inv_diag) @ removed_eig.T        # -(U B^-1 U^T)
+        capacitance.diagonal().add_(1.0)                               # I - U B^-1 U^T
+        factor, info = torch.linalg.cholesky_ex(capacitance)
+        if int(info) != 0:
+            # I - U B^-1 U^T is positive definite in exact arithmetic (A_r is); if round-off
+            # broke that, the direct factorisation is the safe answer.
+            return self._solve(rhs, lam, removed, "cholesky")
+        coeff = torch.cholesky_solve((removed_eig @ (inv_diag * rhs_eig)).unsqueeze(1),
+                                     factor).squeeze(1)
+        return solution + basis @ (inv_diag * (removed_eig.T @ coeff)), "woodbury"
+
+    def forget_jacobian(self, jac_forget: Tensor, res_forget: Tensor, n_forget: int,
+                        method: str = "auto", commit: bool = True) -> tuple[Tensor, Tensor, dict]:
+        """Downdate with precomputed forget rows ``jac_forget`` (m, P) and residuals (m,).
+
+        Returns ``(delta, delta_retain, info)`` with ``delta`` :math:`=\\delta_r-\\delta_D` and
+        ``delta_retain`` :math:`= w_{lin}(D_r) - w_0`.
+        """
+        self._check_fitted()
+        if n_forget < 1:
+            raise ConfigError("the forget set is empty; select at least one sample to forget")
+        if n_forget >= self.n_samples_:
+            raise ConfigError(f"the forget set ({n_forget} samples) is all the data left in the "
+                              f"NTK state ({self.n_samples_}); nothing would be retained")
+        jac_forget = jac_forget.to(SOLVE_DTYPE)
+        res_forget = res_forget.to(SOLVE_DTYPE)
+        t_start = time.perf_counter()
+        n_retain = self.n_samples_ - n_forget
+        lam_retain = self._lambda(n_retain)
+        jtr_retain = self.jtr_ - jac_forget.T @ res_forget
+        removed = torch.cat([self.removed_jacobian_, jac_forget])
+        delta_retain, used = self._solve(jtr_retain, lam_retain, removed, method)
+        delta = delta_retain - self.delta_
+        t_solve = time.perf_counter()
+        refactor_seconds = 0.0
+        if commit:
+            self.gram_.addmm_(jac_forget.T, jac_forget, alpha=-1.0)
+            self.jtr_ = jtr_retain
+            self.n_samples_ = n_retain
+            self.delta_ = delta_retain
+            self.removed_jacobian_ = removed
+            self.n_requests_ += 1
+            if 3 * removed.shape[0] >= removed.shape[1]:
+                refactor_seconds = self.refactor()
+        info = {"downdate": used, "solve": t_solve - t_start, "commit": time.perf_counter() -
+                t_solve - refactor_seconds, "refactor": refactor_seconds,
+                "rows_removed_since_factor": int(removed.shape[0]),
+                "lambda_full": self._lambda(n_retain + n_forget), "lambda_retain": lam_retain}
+        return delta, delta_retain, info
+
+    def forget(self, model: nn.Module, forget_x: Tensor, forget_y: Tensor,
+               scale: float | str = 1.0, method: str = "auto", commit: bool = True,
+               inplace: bool = False) -> tuple[nn.Module, dict]:
+        """Serve one deletion request: Jacobians of ``forget_x`` at ``w0_``, downdate, update.
+
+        Returns the updated model (a copy unless ``inplace``) and an info dict whose
+        ``per_request`` timings (``jacobian``, ``solve``, ``total``) are separate from the
+        ``one_off`` timings of :meth:`fit`.
+        """
+        self._check_fitted()
+        t_start = time.perf_counter()
+        if forget_x.shape[0] != forget_y.shape[0]:
+            raise ConfigError(f"forget set has {forget_x.shape[0]} inputs but "
+                              f"{forget_y.shape[0]} labels; pass one label per input")
+        if forget_x.shape[0] == 0:
+            raise ConfigError("the forget set is empty; select at least one sample to forget")
+        live = dict(model.named_parameters())
+        missing = [n for n in self.param_names_ if n not in live]
+        if missing or any(list(live[n].shape) != s
+                          for n, s in zip(self.param_names_, self.param_shapes_)):
+            raise ArtifactError(
+                f"the NTK state was built for other parameters (missing or reshaped: "
+                f"{missing[:3] or 'shapes differ'}); rebuild it with NTKState.fit for this model"
+            )
+        selected = {n: live[n] for n in self.param_names_}
+        point = {n: t.to(selected[n].dtype) for n, t in
+                 unflatten_parameters(self.w0_, selected).items()}
+        jac_f, res_f = _stacked_jacobian(model, point, forget_x, forget_y, self.loss,
+                                         self.chunk_size, self.jacobian_mode)
+        if jac_f.shape[0] != forget_x.shape[0] * self.n_classes_:
+            raise ArtifactError(f"model has {jac_f.shape[0] // forget_x.shape[0]} classes but "
+                                f"the NTK state has {self.n_classes_}; rebuild the state")
+        t_solve = time.perf_counter()
+        delta, delta_retain, solve_info = self.forget_jacobian(jac_f, res_f, forget_x.shape[0],
+                                                               method, commit)
+        w_trained = flatten_parameters(selected, SOLVE_DTYPE)
+        step = (trapezium_scale(delta, w_trained, self.w0_ + delta_retain)
+                if scale == "trapezium" else float(scale))
+        applied = unflatten_parameters(step * delta, selected)
+        updated = model if inplace else copy.deepcopy(model)
+        _apply_delta(updated, self.param_names_, applied)
+        t_end = time.perf_counter()
+        info = {
+            "method": "ntk" if self.params == "all" else "fast-ntk",
+            "solver": "state", "downdate": solve_info["downdate"],
+            "P": int(self.w0_.numel()), "N_forget": int(forget_x.shape[0]),
+            "N_retain": self.n_samples_ if commit else self.n_samples_ - forget_x.shape[0],
+            "C": self.n_classes_, "lambda_retain": solve_info["lambda_retain"],
+            "scale": step, "delta_norm": float(torch.linalg.vector_norm(delta)),
+            "delta": applied,
+            "timings": {
+                "one_off": dict(self.one_off_seconds_),
+                "per_request": {"jacobian": t_solve - t_start, "solve": solve_info["solve"],
+                                "refactor": solve_info["refactor"], "total": t_end - t_start},
+            },
+        }
+        return updated, info
+
+    # ---- persistence -----------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the state to one safetensors file; hyperparameters go in its JSON metadata."""
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        meta = {
+            "format": self.FORMAT,
+            "hyperparameters": {"params": self.params, "weight_decay": self.weight_decay,
+                                "loss": self.loss, "lambda_scaling": self.lambda_scaling,
+                                "chunk_size": self.chunk_size,
+                                "jacobian_mode": self.jacobian_mode},
+            "param_names": self.param_names_, "param_shapes": self.param_shapes_,
+            "n_samples": self.n_samples_, "n_fit_samples": self.n_fit_samples_,
+            "n_classes": self.n_classes_, "n_requests": self.n_requests_,
+            "one_off_seconds": self.one_off_seconds_,
+        }
+        tensors = {"w0": self.w0_, "gram": self.gram_, "jtr": self.jtr_,
+                   "eigvals": self.eigvals_, "eigvecs": self.eigvecs_,
+                   "removed_jacobian": self.removed_jacobian_, "delta": self.delta_}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path),
+                      metadata={self._METADATA_KEY: json.dumps(meta)})
+        except OSError as exc:
+            raise ResourceError(f"cannot write the NTK state to {path}: {exc.strerror}; "
+                                "choose a writable --out directory") from exc
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> NTKState:
+        """Read a state written by :meth:`save` (safetensors + JSON metadata; no pickle)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"NTK state {path} does not exist; run the NTK fit step first")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                raw_meta = (handle.metadata() or {}).get(cls._METADATA_KEY)
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ArtifactError(f"NTK state {path} is not a readable safetensors file ({exc}); "
+                                "rebuild it with NTKState.fit") from exc
+        try:
+            meta = json.loads(raw_meta) if raw_meta else None
+        except json.JSONDecodeError:
+            meta = None
+        if not isinstance(meta, dict) or meta.get("format") != cls.FORMAT:
+            raise ArtifactError(f"{path} is not a privkit NTK state (format {cls.FORMAT}); "
+                                "rebuild it with NTKState.fit")
+        needed = {"w0", "gram", "jtr", "eigvals", "eigvecs", "removed_jacobian", "delta"}
+        if needed - set(tensors):
+            raise ArtifactError(f"NTK state {path} lacks {sorted(needed - set(tensors))}; "
+                                "rebuild it with NTKState.fit")
+        n_params = tensors["w0"].numel()
+        if (tensors["gram"].shape != (n_params, n_params)
+                or tensors["eigvecs"].shape != (n_params, n_params)
+                or sum(math.prod(s) for s in meta["param_shapes"]) != n_params):
+            raise ArtifactError(f"NTK state {path} has inconsistent shapes; rebuild it")
+        state = cls(**meta["hyperparameters"])
+        state.param_names_ = list(meta["param_names"])
+        state.param_shapes_ = [list(s) for s in meta["param_shapes"]]
+        state.w0_, state.gram_, state.jtr_ = tensors["w0"], tensors["gram"], tensors["jtr"]
+        state.eigvals_, state.eigvecs_ = tensors["eigvals"], tensors["eigvecs"]
+        state.removed_jacobian_ = tensors["removed_jacobian"].reshape(-1, n_params)
+        state.delta_ = tensors["delta"]
+        state.n_samples_ = int(meta["n_samples"])
+        state.n_fit_samples_ = int(meta["n_fit_samples"])
+        state.n_classes_ = int(meta["n_classes"])
+        state.n_requests_ = int(meta["n_requests"])
+        state.one_off_seconds_ = dict(meta["one_off_seconds"])
+        return state

@@ -1,0 +1,227 @@
+r"""Parameter-efficient training (``privkit train --peft bn|prompt``), the setting of Fast-NTK.
+
+Fast-NTK (Li et al., 2024) and NTK forgetting (Golatkar et al., 2020) assume the classifier was
+*fine-tuned* from pretrained weights :math:`w_0` with a penalty toward them:
+
+.. math::
+
+    \min_w \frac1N \sum_{i \in D} \ell(f(x_i; w), y_i) + \frac{\lambda}{2} \lVert w - w_0 \rVert^2 ,
+
+where only the parameter-efficient parameters :math:`w` train (``bn``: the affine parameters of the
+normalisation layers and the head; ``prompt``: the visual prompt tokens and the head) and the NTK
+ridge term is :math:`\lambda_D = N\lambda`. :func:`train_peft_run` produces such a model:
+
+1. **Pretrain** the whole network (all parameters, the recipe's epochs and learning rate) on a
+   *pretraining part*: a fixed half of the classifier's training split (drawn with ``data_seed``).
+   This part plays the role of public pretraining data; it is disjoint from the fine-tuning data
+   and is never a deletion target.
+2. **Fine-tune** only the PEFT parameters on the other half (the *training data* :math:`D` of the
+   artifact: its fingerprint is ``data_fingerprint``, and ``privkit unlearn`` selects forget sets
+   inside it) with the anchor penalty above, ``lambda = --weight-decay`` (5e-4 when it is 0, since
+   the NTK closed form needs :math:`\lambda > 0`). BatchNorm statistics are frozen (eval mode), so
+   the function being fine-tuned is exactly the one NTK linearises.
+
+The pretrained PEFT values :math:`w_0` are saved beside the weights in ``w0.safetensors``
+(checksummed in ``meta.json``: ``w0_sha256``), because :func:`~privkit.models.load_model` loads
+``weights.safetensors`` strictly and the NTK step needs :math:`w_0` as its linearisation point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from privkit.errors import ArtifactError, ConfigError
+from privkit.train import ClassifierTask
+
+__all__ = ["PEFT_KINDS", "W0_FILE", "PeftClassifierTask", "peft_parts", "peft_parameter_names", "save_w0", "load_w0",
+           "training_indices", "train_peft_run"]
+
+PEFT_KINDS = ("bn", "prompt")
+W0_FILE = "w0.safetensors"
+PRETRAIN_FRACTION = 0.5
+DEFAULT_ANCHOR = 5e-4
+
+
+class PeftClassifierTask(ClassifierTask):
+    """:class:`~privkit.train.ClassifierTask` with the network in eval mode (frozen BN statistics).
+
+    Only the parameters named in ``cfg.trainable`` train; with ``cfg.anchor_penalty`` the loss
+    carries :math:`\\tfrac\\lambda2\\lVert w - w_0\\rVert^2` toward the values at construction.
+    """
+
+    def step(self, batch, epoch: int, step: int) -> dict[str, float]:
+        x, attrs = batch
+        y = attrs[:, self.target_index] if attrs.dim() == 2 else attrs
+        model = self.nets["model"]
+        model.eval()  # BatchNorm uses (and keeps) the pretrained running statistics
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = self.loss(logits, y)
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+
+
+def peft_parameter_names(model: nn.Module, kind: str) -> list[str]:
+    """Names of the PEFT parameters (``bn`` or ``prompt``, plus the head), via the NTK selection."""
+    from privkit.unlearn.jacobian import select_parameters
+
+    if kind not in PEFT_KINDS:
+        raise ConfigError(f"--peft {kind!r} is not one of {', '.join(PEFT_KINDS)}")
+    return list(select_parameters(model, kind))
+
+
+def peft_parts(train_indices: np.ndarray, data_seed: int, fraction: float = PRETRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Split the training split into ``(pretrain, finetune)`` index arrays (sorted, disjoint).
+
+    A fixed function of ``data_seed`` so ``privkit unlearn`` rebuilds the same fine-tuning set.
+    """
+    train_indices = np.asarray(train_indices, dtype=np.int64)
+    rng = np.random.default_rng([int(data_seed), 0x9EF7])
+    order = rng.permutation(len(train_indices))
+    k = int(round(fraction * len(train_indices)))
+    if k < 1 or k >= len(train_indices):
+        raise ConfigError(f"the training split has {len(train_indices)} samples, too few to pretrain on part of them "
+                          f"and fine-tune on the rest; use more data")
+    return np.sort(train_indices[order[:k]]), np.sort(train_indices[order[k:]])
+
+
+def training_indices(meta: dict, train_indices: np.ndarray) -> np.ndarray:
+    """The samples a model's trained parameters saw: the fine-tuning part for PEFT models, else the train split."""
+    config = meta.get("config", {})
+    if config.get("peft"):
+        return peft_parts(train_indices, int(config.get("data_seed", 0)),
+                          float(config.get("pretrain_fraction", PRETRAIN_FRACTION)))[1]
+    return np.asarray(train_indices, dtype=np.int64)
+
+
+def _tensor_sha256(tensors: dict[str, torch.Tensor]) -> tuple[bytes, str]:
+    from safetensors.torch import save as st_save
+
+    blob = st_save({k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())})
+    return blob, hashlib.sha256(blob).hexdigest()
+
+
+def save_w0(folder: str | Path, w0: dict[str, torch.Tensor]) -> str:
+    """Write ``w0.safetensors`` atomically; return its SHA-256 (to record in ``meta.json``)."""
+    from privkit.io.atomic import atomic_write_bytes
+
+    blob, digest = _tensor_sha256(w0)
+    atomic_write_bytes(Path(folder) / W0_FILE, blob)
+    return digest
+
+
+def load_w0(folder: str | Path, meta: dict) -> dict[str, torch.Tensor] | None:
+    """The pretrained PEFT values of a PEFT model's run folder (``None`` for other models).
+
+    Checks the safetensors header and the SHA-256 recorded in ``meta.json`` (never unpickles).
+    """
+    from safetensors.torch import load as st_load
+
+    from privkit.io.artifacts import verify_safetensors_file
+
+    if not meta.get("config", {}).get("peft"):
+        return None
+    path = Path(folder) / W0_FILE
+    verify_safetensors_file(path)
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("w0_sha256"):
+        raise ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is corrupt")
+    return st_load(blob)
+
+
+def set_parameters(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
+    """Copy ``values`` into the named parameters of ``model``."""
+    live = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, v in values.items():
+            live[name].copy_(v)
+
+
+def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: str | None = None, peft: str = "bn",
+                   epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
+                   data_seed: int = 0, size: int | None = None, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True, pretrain_epochs: int | None = None, model_kwargs: dict | None = None) -> Path:
+    """Pretrain on one half of the training split, fine-tune the PEFT parameters on the other half.
+
+    Writes a classifier artifact (``load_model`` works on it) plus ``w0.safetensors``; ``meta.json``
+    records ``peft``, the recipe (``optim`` with ``anchor_penalty`` and ``trainable``) and
+    ``pretrain_fraction``. Every input check happens before the run folder is created.
+    """
+    from privkit.classify import TEST_FRACTION, VAL_FRACTION, add_evaluation, classifier_split, evaluate_predictions
+    from privkit.evaluate.report import Report
+    from privkit.io.rundir import RunDir
+    from privkit.models import create, model_meta, save_model
+    from privkit.models.registry import default_model, model_entry
+    from privkit.train import ClassifierConfig, LoopConfig, run_training, train_classifier, unwrap
+
+    if peft not in PEFT_KINDS:
+        raise ConfigError(f"--peft {peft!r} is not one of {', '.join(PEFT_KINDS)}")
+    attribute = ds.schema.attribute(target)
+    if attribute.num_classes < 2:
+        raise ConfigError(f"attribute {target!r} has a single class; choose an attribute with at least two classes")
+    if model_name is None:
+        model_name = "vit-tiny" if peft == "prompt" else default_model(ds.schema.modality)
+    model_entry(model_name)
+    if weight_decay < 0:
+        raise ConfigError(f"--weight-decay {weight_decay} must be >= 0")
+    anchor = float(weight_decay) if weight_decay > 0 else DEFAULT_ANCHOR
+    pretrain_epochs = int(pretrain_epochs or epochs)
+    split = classifier_split(ds, target, data_seed)
+    if len(split.test) == 0:
+        raise ConfigError(f"the dataset has too few samples ({len(ds)}) to split into train and test; use more data")
+    pre_idx, fine_idx = peft_parts(split.train, data_seed)
+    torch.manual_seed(seed)
+    model = create(model_name, ds.schema, attribute.num_classes, **dict(model_kwargs or {}))
+    names = peft_parameter_names(model, peft)  # ConfigError for a model without BN / prompt parameters
+    pre_loop = LoopConfig(epochs=pretrain_epochs, batch_size=batch_size, seed=seed, progress=progress,
+                          description=f"pretrain {target}")
+    fine_loop = LoopConfig(epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
+                           description=f"fine-tune {peft} {target}")
+    pre_loop.validate()
+    fine_loop.validate()
+    cfg = ClassifierConfig(lr=lr, weight_decay=anchor, anchor_penalty=anchor, trainable=names)
+    config: dict[str, Any] = {
+        "data": str(data_spec), "size": size, "target": target, "model": model_name, "model_kwargs": dict(model_kwargs or {}),
+        "epochs": epochs, "batch_size": batch_size, "seed": seed, "data_seed": data_seed,
+        "val_fraction": VAL_FRACTION, "test_fraction": TEST_FRACTION, "optim": cfg.to_dict(), "dp": None,
+        "data_options": {}, "peft": peft, "pretrain_epochs": pretrain_epochs, "pretrain_fraction": PRETRAIN_FRACTION,
+    }
+    fine_set = ds.subset(fine_idx)
+    with RunDir(out, "train", config, resume=resume, overwrite=overwrite) as run:
+        model, pre_history = train_classifier(model, ds.subset(pre_idx), target, ClassifierConfig(lr=lr), pre_loop,
+                                              checkpoint_dir=run.checkpoint_dir / "pretrain", resume=resume)
+        w0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in set(names)}
+        task = PeftClassifierTask(model, ds.schema.index(target), cfg)
+        history = run_training(task, fine_set, fine_loop, checkpoint_dir=run.checkpoint_dir / "finetune", resume=resume)
+        model = unwrap(task.nets["model"])
+        for p in model.parameters():
+            p.requires_grad_(True)
+        result = evaluate_predictions(model, ds.subset(split.test), target)
+        report = Report(f"Parameter-efficient ({peft}) classifier for {target!r} on {data_spec}", "train")
+        add_evaluation(report, result, target, attribute.classes)
+        n_peft = sum(t.numel() for t in w0.values())
+        report.text(f"Pretrained all parameters on {len(pre_idx)} samples (half of the training split, drawn with "
+                    f"data seed {data_seed}), then fine-tuned only the {n_peft} {peft} + head parameters on the other "
+                    f"{len(fine_idx)} samples with the penalty (lambda/2)||w - w0||^2, lambda = {anchor:g}, toward the "
+                    f"pretrained values w0 (saved in {W0_FILE}); BatchNorm statistics frozen while fine-tuning.",
+                    title="Parameter-efficient training")
+        report.set_metric("peft_parameters", n_peft)
+        report.table("pretraining history", list(pre_history[0].keys()), [list(h.values()) for h in pre_history])
+        report.table("fine-tuning history", list(history[0].keys()), [list(h.values()) for h in history])
+        w0_sha = save_w0(run.path, w0)
+        meta = model_meta(model, ds.schema, target=target, config=config, metrics=report.to_dict(),
+                          data_fingerprint=fine_set.fingerprint(),
+                          extra={"split_fingerprint": ds.fingerprint(), "history": history, "peft": peft,
+                                 "w0_file": W0_FILE, "w0_sha256": w0_sha, "peft_parameters": names})
+        save_model(run.path, model, meta)
+        report.write(run.path)
+        run.finish()
+    return Path(out)

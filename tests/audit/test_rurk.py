@@ -1,0 +1,168 @@
+"""RURK: the bounded penalty, the loss, and that fine-tuning removes residual knowledge."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+from privkit.audit.residual import residual_knowledge
+from privkit.audit.rurk import bounded_penalty, rurk_finetune, rurk_loss, rurk_step
+from privkit.errors import ConfigError
+
+
+def _fit(x, y, seed, steps=250):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    torch.set_num_threads(1)
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    perm = np.random.default_rng(0).permutation(len(x))
+    test, train = perm[:300], perm[300:]
+    forget, retain = train[:40], train[40:]
+    # the forget samples carry swapped labels, so a model can only recognise them by memorising them
+    y_mem = y.clone()
+    y_mem[forget] = (y[forget] + 1 + torch.tensor(np.random.default_rng(1).integers(0, 9, len(forget)))) % 10
+    ref = _fit(x[retain], y[retain], seed=1)
+    memorised = _fit(x[train], y_mem[train], seed=4, steps=400)
+    order = torch.randperm(len(retain), generator=torch.Generator().manual_seed(0)).numpy()
+    retain_loader = [(x[retain[order[i:i + 128]]], y[retain[order[i:i + 128]]]) for i in range(0, len(retain), 128)]
+    forget_loader = [(x[forget[:20]], y_mem[forget[:20]]), (x[forget[20:]], y_mem[forget[20:]])]
+    return dict(x=x, y=y, y_mem=y_mem, test=test, forget=forget, retain=retain, ref=ref, memorised=memorised,
+                retain_loader=retain_loader, forget_loader=forget_loader)
+
+
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return float((model(x).argmax(dim=-1) == y).float().mean())
+
+
+def test_rurk_removes_residual_knowledge_and_keeps_utility(digits):
+    x, y, y_mem, f, r, t = (digits[k] for k in ("x", "y", "y_mem", "forget", "retain", "test"))
+    taus = (0.05, 0.1)
+    before = residual_knowledge(digits["memorised"], digits["ref"], x[f], y_mem[f], taus, samples=32, seed=1)
+    assert before.summary[0]["ci_low"] > 5 and before.summary[0]["frac_above_1"] > 0.9  # memorised indeed
+    model = rurk_finetune(copy.deepcopy(digits["memorised"]), digits["retain_loader"], digits["forget_loader"],
+                          epochs=5, lr=1e-3, lam=1.0, tau=0.1, samples=16, seed=0, sampler="uniform")
+    after = residual_knowledge(model, digits["ref"], x[f], y_mem[f], taus, samples=32, seed=1)
+    for b, a in zip(before.summary, after.summary):
+        assert a["mean_r_tau"] < 0.2 * b["mean_r_tau"], (b, a)
+        assert a["frac_above_1"] < 0.75 * b["frac_above_1"], (b, a)
+        assert a["recognition_unlearned"] < 0.2 * b["recognition_unlearned"], (b, a)
+    # at the smaller radius most forget samples are no longer recognised more than by the retrain
+    assert after.summary[0]["frac_above_1"] < 0.3
+    # utility: retain and test accuracy within 2 points of the memorised model's
+    assert _accuracy(model, x[r], y[r]) >= _accuracy(digits["memorised"], x[r], y[r]) - 0.02
+    assert _accuracy(model, x[t], y[t]) >= _accuracy(digits["memorised"], x[t], y[t]) - 0.02
+
+
+def test_rurk_with_pgd_perturbations_also_reduces_residual_knowledge(digits):
+    x, y, y_mem, f, r = (digits[k] for k in ("x", "y", "y_mem", "forget", "retain"))
+    model = rurk_finetune(copy.deepcopy(digits["memorised"]), digits["retain_loader"], digits["forget_loader"],
+                          epochs=5, lr=1e-3, lam=0.1, tau=0.05, samples=4, seed=0, sampler="pgd")
+    for audit_sampler in ("uniform", "pgd"):
+        before = residual_knowledge(digits["memorised"], digits["ref"], x[f], y_mem[f], (0.05,), samples=32,
+                                    sampler=audit_sampler, seed=1)
+        after = residual_knowledge(model, digits["ref"], x[f], y_mem[f], (0.05,), samples=32,
+                                   sampler=audit_sampler, seed=1)
+        assert after.summary[0]["mean_r_tau"] < 0.9 * before.summary[0]["mean_r_tau"], audit_sampler
+        assert after.summary[0]["frac_above_1"] < 0.9 * before.summary[0]["frac_above_1"], audit_sampler
+    assert _accuracy(model, x[r], y[r]) >= _accuracy(digits["memorised"], x[r], y[r]) - 0.03
+
+
+def test_bounded_penalty_matches_formula_and_keeps_its_gradient():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0], [40.0, 0.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 1, 0])
+    pen = bounded_penalty(logits, y, cap=20.0)
+    p = F.softmax(logits.detach().double(), dim=-1)[torch.arange(3), y]
+    expected = -torch.log1p(-p[:2])
+    assert torch.allclose(pen[:2].double(), expected, atol=1e-6)
+    # p(y) rounds to 1 in float32 (margin 40): the value is capped, the gradient is still there
+    assert pen[2].item() == pytest.approx(20.0)
+    pen.sum().backward()
+    assert logits.grad[2, 0] > 0.9 and torch.isfinite(logits.grad).all()
+    # gradient in z_y equals p(y)
+    assert torch.allclose(logits.grad[:2, :].gather(1, y[:2, None]).squeeze(1).double(), p[:2], atol=1e-5)
+
+
+def test_no_penalty_when_no_perturbation_is_recognised(digits):
+    x, y = digits["x"], digits["y"]
+    model = copy.deepcopy(digits["ref"])
+    retain = (x[:32], y[:32])
+    # label every forget sample with a class the model never predicts on it
+    xf = x[100:110]
+    with torch.no_grad():
+        yf = (model(xf).argmax(dim=-1) + 5) % 10
+    loss, stats = rurk_loss(model, retain, (xf, yf), tau=0.01, samples=4, lam=3.0,
+                            generator=torch.Generator().manual_seed(0))
+    assert stats["recognised"] == 0.0 and stats["penalty"] == 0.0
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x[:32]), y[:32]).item(), rel=1e-6)
+    # with the true labels every perturbation at a tiny radius is recognised and penalised
+    with torch.no_grad():
+        yt = model(xf).argmax(dim=-1)
+    loss, stats = rurk_loss(model, retain, (xf, yt), tau=0.01, samples=4, lam=3.0,
+                            generator=torch.Generator().manual_seed(0))
+    assert stats["recognised"] == 1.0 and stats["penalty"] > 0
+    assert loss.item() == pytest.approx(stats["retain_ce"] + 3.0 * stats["penalty"], rel=1e-5)
+
+
+def test_rurk_finetune_is_seeded_and_reports_every_step(digits):
+    runs, seen = [], []
+    for _ in range(2):
+        model = copy.deepcopy(digits["memorised"])
+        rurk_finetune(model, digits["retain_loader"][:3], digits["forget_loader"], epochs=2, tau=0.1, seed=5,
+                      step_callback=lambda epoch, step, stats: seen.append((epoch, step, stats["loss"])))
+        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(runs[0], runs[1])
+    assert [s[:2] for s in seen[:6]] == [(0, 0), (0, 1), (0, 2), (1, 3), (1, 4), (1, 5)]
+    assert [s[2] for s in seen[:6]] == [s[2] for s in seen[6:]]
+    other = copy.deepcopy(digits["memorised"])
+    rurk_finetune(other, digits["retain_loader"][:3], digits["forget_loader"], epochs=2, tau=0.1, seed=6)
+    assert not torch.equal(runs[0], torch.cat([p.detach().flatten() for p in other.parameters()]))
+
+
+def test_rurk_step_updates_parameters(digits):
+    model = copy.deepcopy(digits["memorised"])
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = rurk_step(model, opt, digits["retain_loader"][0], digits["forget_loader"][0], tau=0.05,
+                      generator=torch.Generator().manual_seed(0))
+    assert set(stats) == {"loss", "retain_ce", "penalty", "recognised"}
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(tau=0.0), "tau=0"),
+    (dict(tau=-1.0), "tau=-1"),
+    (dict(lam=-0.5), "lambda=-0.5"),
+    (dict(samples=0), "samples=0"),
+    (dict(norm="l3"), "'l3'"),
+    (dict(sampler="fgsm"), "'fgsm'"),
+    (dict(epochs=0), "epochs=0"),
+    (dict(lr=0.0), "lr=0"),
+])
+def test_bad_configuration_is_a_config_error(digits, kwargs, fragment):
+    with pytest.raises(ConfigError) as err:
+        rurk_finetune(copy.deepcopy(digits["ref"]), digits["retain_loader"][:1], digits["forget_loader"], **kwargs)
+    assert fragment in str(err.value)
+
+
+def test_empty_forget_set_is_a_config_error(digits):
+    with pytest.raises(ConfigError, match="forget set is empty"):
+        rurk_finetune(copy.deepcopy(digits["ref"]), digits["retain_loader"][:1], [])
