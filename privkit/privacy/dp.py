@@ -12,6 +12,7 @@ BatchNorm mixes samples in a batch, which per-sample clipping cannot bound; priv
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -63,13 +64,17 @@ class DPClassifierTask(ClassifierTask):
         dp.validate(len(dataset))
         validate_for_dp(model)
         super().__init__(model, target_index, cfg)
-        self.engine = PrivacyEngine(accountant="rdp", secure_mode=False)
         generator = torch.Generator().manual_seed(seed)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
-        module, optimizer, dp_loader = self.engine.make_private_with_epsilon(
-            module=model, optimizer=self.optimizers["model"], data_loader=loader, target_epsilon=dp.target_epsilon,
-            target_delta=dp.delta, epochs=epochs, max_grad_norm=dp.max_grad_norm,
-        )
+        with warnings.catch_warnings():
+            # secure_mode needs torchcsprng; the report states that the RNG is not cryptographic
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            self.engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+            module, optimizer, dp_loader = self.engine.make_private_with_epsilon(
+                module=model, optimizer=self.optimizers["model"], data_loader=loader, target_epsilon=dp.target_epsilon,
+                target_delta=dp.delta, epochs=epochs, max_grad_norm=dp.max_grad_norm,
+            )
         self.nets = {"model": module}
         self.optimizers = {"model": optimizer}
         self.dp = dp
@@ -82,10 +87,15 @@ class DPClassifierTask(ClassifierTask):
         x, attrs = batch
         if len(x) == 0:  # Poisson sampling can draw an empty batch
             return {}
-        return super().step((x, attrs), epoch, step)
+        with warnings.catch_warnings():
+            # Opacus's hooks fire on module outputs when inputs need no grad: expected here
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return super().step((x, attrs), epoch, step)
 
     def epsilon(self) -> float:
-        return float(self.engine.get_epsilon(self.dp.delta))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return float(self.engine.get_epsilon(self.dp.delta))
 
     def extra_state(self) -> dict:
         return {"accountant_history": [list(h) for h in self.engine.accountant.history]}

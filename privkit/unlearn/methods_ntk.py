@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from privkit.errors import ConfigError
-from privkit.unlearn.base import UnlearnContext, copy_model, register_unlearner
+from privkit.unlearn.base import UnlearnContext, copy_model, fresh_model_like, register_unlearner
 
 __all__ = ["NTKUnlearner", "FastNTKUnlearner", "fast_ntk_kind"]
 
@@ -55,8 +55,9 @@ class _NTKBase:
     params_kind = "all"
 
     def __init__(self, scale: float | str = 1.0, weight_decay: float | None = None, solver: str = "auto",
-                 chunk_size: int = 32, loss: str = "ce"):
+                 chunk_size: int = 32, loss: str = "ce", linearise: str = "auto"):
         self.scale = scale
+        self.linearise = linearise
         self.weight_decay = weight_decay
         self.solver = solver
         self.chunk_size = chunk_size
@@ -71,18 +72,34 @@ class _NTKBase:
 
         select_parameters(model, self._kind(model, context))
 
+    def _w0(self, model: nn.Module, selected: dict, retain, context: UnlearnContext) -> tuple[dict, str]:
+        """The linearisation point and a phrase naming it (see the module docstring)."""
+        mode = self.linearise
+        if mode not in ("auto", "pretrained", "init", "trained"):
+            raise ConfigError(f"linearise={mode!r}; choose auto, pretrained, init or trained")
+        if mode == "auto":
+            mode = "pretrained" if context.w0 is not None else "init"
+        if mode == "pretrained":
+            if context.w0 is None:
+                raise ConfigError("linearise='pretrained' needs a model trained with --peft (its w0.safetensors)")
+            return {n: context.w0[n] if n in context.w0 else p.detach().clone() for n, p in selected.items()}, \
+                "pretrained PEFT values w0"
+        if mode == "trained":
+            return {n: p.detach().clone() for n, p in selected.items()}, "trained weights"
+        # `privkit train` seeds torch with the training seed right before creating the model, so the
+        # initial weights it started from are rebuilt exactly; the global RNG is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.recipe.seed)
+            init = dict(fresh_model_like(model, retain.schema).named_parameters())
+        return {n: init[n].detach().clone() for n in selected}, f"initial weights (training seed {context.recipe.seed})"
+
     def unlearn(self, model: nn.Module, retain, forget, val, *, context: UnlearnContext) -> nn.Module:
         from privkit.unlearn.jacobian import select_parameters
         from privkit.unlearn.ntk import ntk_unlearn
 
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
-        if context.w0 is not None:
-            w0 = {n: context.w0[n] if n in context.w0 else p.detach().clone() for n, p in selected.items()}
-            point = "pretrained PEFT values w0"
-        else:
-            w0 = {n: p.detach().clone() for n, p in selected.items()}
-            point = "trained weights (no pretrained w0 recorded)"
+        w0, point = self._w0(model, selected, retain, context)
         wd = float(self.weight_decay) if self.weight_decay is not None else context.recipe.ntk_weight_decay
         t = context.target_index(retain)
         retain_x, retain_y = _x_y(retain, t)

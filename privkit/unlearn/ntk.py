@@ -347,8 +347,11 @@ def estimate_memory(
         analytic bound) and about four / three :math:`NC\\times NC` matrices. ``state``
         (:class:`NTKState`) keeps :math:`J^TJ`, its eigenvectors and one work matrix.
     chunk_size : int
-        Samples per Jacobian chunk: the chunk is produced in ``dtype`` (once per parameter
-        tensor and once concatenated) and copied to float64.
+        Samples per Jacobian chunk. A chunk entry costs about ``6 * itemsize + 16`` bytes:
+        vmap's per-sample intermediates, the per-parameter and concatenated Jacobians in
+        ``dtype``, the float64 copy and the transposed operand of the accumulation. The factor
+        was calibrated against peak-RSS measurements in ``benchmarks/bench_ntk.py`` and errs
+        on the high side, as a guard should.
     dtype : torch.dtype
         The model's dtype.
 
@@ -360,7 +363,7 @@ def estimate_memory(
     """
     item = torch.empty((), dtype=dtype).element_size()
     rows = n_samples * n_classes
-    chunk = min(chunk_size, n_samples) * n_classes * n_params * (2 * item + 8)
+    chunk = min(chunk_size, n_samples) * n_classes * n_params * (6 * item + 16)
     if solver == "primal":
         full, system = 0, 4 * n_params * n_params * 8
     elif solver == "state":

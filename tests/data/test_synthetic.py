@@ -60,6 +60,20 @@ def _across_group_accuracy(features, labels, groups, n_splits=4, c=1.0) -> float
     return float(np.mean(predicted == np.asarray(labels)))
 
 
+def _best_single_feature_accuracy(features, labels, groups, n_splits=4) -> float:
+    """Held-out accuracy of the best one-feature threshold rule (midpoint of the class means)."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    assert len(classes) == 2
+    correct = np.zeros(features.shape[1])
+    for train, test in GroupKFold(n_splits=n_splits).split(features, labels, groups):
+        mean_a = features[train][labels[train] == classes[0]].mean(axis=0)
+        mean_b = features[train][labels[train] == classes[1]].mean(axis=0)
+        predict_b = (features[test] > (mean_a + mean_b) / 2) == (mean_b > mean_a)
+        correct += (predict_b == (labels[test] == classes[1])[:, None]).sum(axis=0)
+    return float(correct.max() / len(labels))
+
+
 # -- registry and writing --------------------------------------------------------------------------
 def test_registry_holds_the_four_builtins_with_their_layouts():
     layouts = {name: spec.layout for name, spec in BUILTIN_DATASETS.items()}
@@ -181,23 +195,26 @@ def test_faces_layout(faces):
 
 def test_faces_every_attribute_is_learnable(faces):
     _, rows, pixels = faces
-    features = pixels.reshape(-1, 16, 4, 16, 4).mean(axis=(2, 4)).reshape(len(rows), -1)  # 16x16
+    # 16x16 pixels standardised per image (against lighting and gain) and edge strength.
+    small = pixels.reshape(-1, 16, 4, 16, 4).mean(axis=(2, 4)).reshape(len(rows), -1)
+    grad_y, grad_x = np.gradient(pixels, axis=(1, 2))
+    edges = np.hypot(grad_x, grad_y).reshape(-1, 16, 4, 16, 4).mean(axis=(2, 4)).reshape(len(rows), -1)
+    standardised = (small - small.mean(1, keepdims=True)) / small.std(1, keepdims=True)
+    features = np.concatenate([standardised, edges], axis=1)
     column = {name: np.array([r[name] for r in rows]) for name in rows[0]}
     people = column["identity"]
     identity_acc = _within_group_accuracy(features, people, c=0.1)
-    assert identity_acc > 0.5, identity_acc  # chance 1/18
+    assert identity_acc > 0.6, identity_acc  # chance 1/18
     gender_acc = _across_group_accuracy(features, column["gender"], people, c=0.01)
     age_acc = _across_group_accuracy(features, column["age"], people, c=0.01)
     assert gender_acc > 0.8, gender_acc  # chance 0.5, held-out people
-    assert age_acc > 0.6, age_acc  # chance 1/3, held-out people
+    assert age_acc > 0.55, age_acc  # chance 1/3, held-out people
     for name in ("glasses", "expression"):
         acc = _across_group_accuracy(features, column[name], people, c=0.1)
         assert acc > 0.8, (name, acc)
     # Not trivially learnable: no single pixel separates the genders of held-out people.
-    single_pixel = max(
-        _across_group_accuracy(features[:, [k]], column["gender"], people) for k in range(0, features.shape[1], 3)
-    )
-    assert single_pixel < gender_acc - 0.05, (single_pixel, gender_acc)
+    single_pixel = _best_single_feature_accuracy(small, column["gender"], people)
+    assert single_pixel < 0.7 < gender_acc, (single_pixel, gender_acc)
 
 
 # -- speech ----------------------------------------------------------------------------------------
@@ -214,15 +231,22 @@ def _speech_features(audio: np.ndarray, rate: int) -> np.ndarray:
     parts = np.array_split(word, 4)
     time_course = np.concatenate([p[:, 1:].reshape(len(p), 16, 8).mean(axis=(0, 2)) for p in parts])
     voiced = audio[active[0] * hop : active[-1] * hop + frame]
-    ac = np.correlate(voiced, voiced, mode="full")[len(voiced) - 1 :]
+    # F0 of the whole word and of its first and last thirds (the pitch contour), and its length.
+    log_f0 = [np.log(_f0(part, rate)) for part in (voiced, voiced[: len(voiced) // 3], voiced[-len(voiced) // 3 :])]
+    contour = [log_f0[0], log_f0[2] - log_f0[1], np.log(len(voiced) / rate)]
+    return np.concatenate([long_term, time_course, contour])
+
+
+def _f0(audio: np.ndarray, rate: int) -> float:
+    """Autocorrelation F0 estimate between 80 and 300 Hz."""
+    ac = np.correlate(audio, audio, mode="full")[len(audio) - 1 :]
     lags = np.arange(rate // 300, rate // 80)
-    f0 = rate / lags[np.argmax(ac[lags])]
-    return np.concatenate([long_term, time_course, [np.log(f0)]])
+    return rate / lags[np.argmax(ac[lags])]
 
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
-    root = generate("synthetic-speech", tmp_path_factory.mktemp("speech") / "data", size=600, seed=0)
+    root = generate("synthetic-speech", tmp_path_factory.mktemp("speech") / "data", size=480, seed=0)
     return root
 
 
@@ -235,7 +259,7 @@ def test_speech_layout(speech):
     sidecar = json.loads((speech / "privkit_layout.json").read_text())
     assert sidecar["label_name"] == "word" and len(sidecar["label_classes"]) == len(set(sidecar["label_classes"])) == 10
     files = sorted((speech / "recordings").glob("*.wav"))
-    assert len(files) == 600
+    assert len(files) == 480
     names = {s["speaker"] for s in speakers}
     for path in files[::37]:
         word, speaker, index = path.stem.split("_")

@@ -133,7 +133,9 @@ class FiniteDifferenceInversion:
     kalman_process_var, kalman_measurement_var : float
         ``q`` and ``r`` of the Kalman filter.
     feature_range : (float, float)
-        Known range of the (scaled) inputs; iterates are clipped to it.
+        Known range of the (scaled) inputs; iterates are kept inside it.
+    boundary : {"reflect", "clip"}
+        How iterates leaving ``feature_range`` are brought back.
     success_mse : float
         A restart succeeds when ``MSE(x', x) <= success_mse``.
     gradient_method : {"autodiff", "parameter-shift"}
@@ -157,7 +159,7 @@ class FiniteDifferenceInversion:
                  plateau_patience: int = 10, plateau_tol: float = 1e-3, kalman: bool = False,
                  kalman_process_var: float = 1e-3, kalman_measurement_var: float = 1e-2,
                  feature_range: tuple[float, float] = (0.0, math.pi), success_mse: float = 0.005,
-                 gradient_method: str = "autodiff", seed: int = 0):
+                 gradient_method: str = "autodiff", boundary: str = "reflect", seed: int = 0):
         self.model = model
         self.theta = theta
         self.restarts = restarts
@@ -173,6 +175,7 @@ class FiniteDifferenceInversion:
         self.feature_range = feature_range
         self.success_mse = success_mse
         self.gradient_method = gradient_method
+        self.boundary = boundary
         self.seed = seed
 
     def _candidates(self, current: torch.Tensor, max_points: int) -> torch.Tensor:
@@ -208,6 +211,16 @@ class FiniteDifferenceInversion:
         mask = (k[None, :] <= fd_points[:, None]).to(current.dtype)  # (R, K)
         estimate = (quotients * mask[:, None, :]).sum(dim=2) / fd_points[:, None].to(current.dtype)
         return base, estimate.reshape(n_restarts, batch, n_features)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        low, high = self.feature_range
+        if self.boundary == "clip":
+            return x.clamp(low, high)
+        # reflect at the box walls: an iterate pushed out bounces back instead of sticking to a
+        # corner, which is where plain clipping parks most failed restarts
+        width = high - low
+        folded = torch.remainder(x - low, 2 * width)
+        return low + torch.where(folded > width, 2 * width - folded, folded)
 
     def fit(self, target_gradient, labels, true_inputs=None, progress=None):
         """Run all restarts; returns ``self``.
@@ -255,10 +268,10 @@ class FiniteDifferenceInversion:
             fd_points = torch.where(plateau, torch.clamp(fd_points // 2, min=1), fd_points)
             waited = torch.where(plateau, torch.zeros_like(waited), waited)
 
-            proposal = (current - self.learning_rate * estimate).clamp(low, high)
+            proposal = self._project(current - self.learning_rate * estimate)
             if smoother is not None:
                 smoother.predict()
-                proposal = smoother.update(proposal).clamp(low, high)
+                proposal = self._project(smoother.update(proposal))
                 smoother.p = proposal
             current = proposal
 

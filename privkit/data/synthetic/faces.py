@@ -165,7 +165,7 @@ def _render(person: _Person, glasses: bool, smile: bool, rng: np.random.Generato
     face_mask = _inside(face + _PIXEL)
 
     if p.stubble > 0:  # beard shadow on the lower face
-        lower = np.clip((y - (p.mouth_y - 0.15)) / 0.1, 0.0, 1.0) * face_mask
+        lower = np.clip((y - (p.mouth_y - 0.1)) / 0.15, 0.0, 1.0) * face_mask
         canvas = canvas - p.stubble * lower
 
     # Fringe/top hair above the hairline (recedes with age for men).

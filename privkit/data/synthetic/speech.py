@@ -272,7 +272,7 @@ def _synthesise(word: str, speaker: _Speaker, rng: np.random.Generator) -> np.nd
 
 
 def _speakers_and_takes(size: int) -> tuple[int, int]:
-    n_speakers = int(np.clip(2 * round(size / 100), 6, 12))
+    n_speakers = int(np.clip(2 * round(size / 80), 6, 12))
     takes = max(1, round(size / (n_speakers * len(WORDS))))
     return n_speakers, takes
 

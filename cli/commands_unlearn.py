@@ -1,0 +1,52 @@
+"""``privkit unlearn``: remove a forget set from a trained classifier and compare with retraining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from privkit.cli.common import DataOpt, DataSeedOpt, OutOpt, SizeOpt, echo_done, handle_errors
+
+
+def register(app: typer.Typer, audit_app: typer.Typer, attack_app: typer.Typer) -> None:
+    app.command("unlearn")(unlearn)
+
+
+@handle_errors
+def unlearn(model: Path = typer.Option(..., "--model", help="run folder of the trained model"),
+            data: str = DataOpt,
+            forget: str = typer.Option(..., "--forget",
+                                       help="class=NAME | attr=ATTRIBUTE:VALUE | ids=FILE (indices as `privkit datasets "
+                                            "info` numbers them) | random=FRACTION"),
+            method: str = typer.Option(..., "--method", help="retrain, finetune, neggrad, neggrad-plus, random-label, "
+                                                             "l1-sparse, salun, scrub, ntk, fast-ntk, rurk"),
+            out: Path = OutOpt,
+            reference: Optional[Path] = typer.Option(None, "--reference", help="a `--method retrain` run of the same "
+                                                                               "forget set (for avg_gap)"),
+            compare_retrain: bool = typer.Option(False, "--compare-retrain", help="also retrain in this command as the "
+                                                                                 "reference"),
+            from_run: Optional[Path] = typer.Option(None, "--from", help="apply RURK post hoc to this unlearning run's "
+                                                                         "model (with --method rurk)"),
+            data_seed: int = DataSeedOpt,
+            seed: Optional[int] = typer.Option(None, "--seed", help="unlearning seed (default: the training seed)"),
+            epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs of an iterative method"),
+            lr: Optional[float] = typer.Option(None, "--lr", help="learning rate of an iterative method"),
+            size: Optional[int] = SizeOpt,
+            tolerance: float = typer.Option(5.0, "--tolerance", help="points within which UA and MIA efficacy must "
+                                                                     "match retrain for a positive verdict"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out")) -> None:
+    """Unlearn a forget set from a trained classifier; writes the model, metrics, report and erasure receipt."""
+    import json
+
+    from privkit.unlearn.run import unlearn_run
+
+    run = unlearn_run(model, data, forget, method, out, reference=reference, compare_retrain=compare_retrain,
+                      from_run=from_run, data_seed=data_seed, seed=seed, epochs=epochs, lr=lr, size=size,
+                      tolerance=tolerance, overwrite=overwrite)
+    metrics = json.loads((run / "metrics.json").read_text())
+    shown = " ".join(f"{k}={metrics[k]:.2f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+                     for k in ("UA", "RA", "TA", "MIA_efficacy", "RTE", "avg_gap"))
+    typer.echo(shown)
+    echo_done(run)

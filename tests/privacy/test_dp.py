@@ -1,0 +1,50 @@
+"""DP-SGD through Opacus: the accountant's epsilon reaches the target; BatchNorm is replaced."""
+
+import numpy as np
+import pytest
+import torch
+
+from privkit.data.datasets import ArrayDataset
+from privkit.data.schema import Attribute, Schema
+from privkit.errors import ConfigError
+from privkit.models import create
+from privkit.models.registry import model_entry
+from privkit.privacy.dp import DPClassifierTask, DPConfig, dp_model_kwargs, validate_for_dp
+from privkit.train import ClassifierConfig, LoopConfig, run_training
+
+
+def _data(n=400):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    x = (rng.normal(size=(n, 8)) + 1.5 * y[:, None]).astype(np.float32)
+    return ArrayDataset(Schema("features", (Attribute("y", ("a", "b")),), (8,)), x, y[:, None])
+
+
+@pytest.mark.parametrize("target", [1.0, 4.0])
+def test_dp_training_spends_the_requested_epsilon_and_learns(target):
+    ds = _data()
+    torch.manual_seed(0)
+    model = create("mlp", ds.schema, 2, hidden=16)
+    task = DPClassifierTask(model, ds, 0, ClassifierConfig(lr=0.05, optimizer="sgd"), DPConfig(target, 1e-4, 1.0),
+                            epochs=3, batch_size=50, seed=0)
+    hist = run_training(task, None, LoopConfig(epochs=3, batch_size=50, seed=0, progress=False))
+    eps = task.epsilon()
+    assert eps == pytest.approx(target, rel=0.05)
+    assert eps <= target * 1.001
+    assert hist[-1]["acc"] > 0.7
+
+
+def test_batchnorm_models_are_rebuilt_with_groupnorm_for_dp():
+    schema = Schema("image", (Attribute("y", ("a", "b")),), (1, 8, 8))
+    with pytest.raises(ConfigError, match="not DP-compatible"):
+        validate_for_dp(create("cnn", schema, 2))
+    kwargs, note = dp_model_kwargs(model_entry("cnn").factory)
+    assert kwargs == {"norm": "group"} and "GroupNorm" in note
+    validate_for_dp(create("cnn", schema, 2, **kwargs))
+
+
+def test_invalid_dp_options():
+    with pytest.raises(ConfigError, match="--delta"):
+        DPConfig(1.0, 2.0).validate(100)
+    with pytest.raises(ConfigError, match="--target-epsilon"):
+        DPConfig(0.0, 1e-5).validate(100)
