@@ -81,8 +81,11 @@ def prepare_request(model_dir: str | Path, data_spec: str, forget_spec: str, *, 
     if dataset is None:
         from privkit.data import load_dataset
 
-        ds_size = size if size is not None else config.get("size")
-        dataset = load_dataset(data_spec, size=ds_size, seed=0, **(config.get("data_options") or {}))
+        same_data = str(data_spec) == str(config.get("data"))
+        # the size (and binning) the model was trained with, unless given: same samples, same split
+        ds_size = size if size is not None else (config.get("size") if same_data else None)
+        options = (config.get("data_options") or {}) if same_data else {}
+        dataset = load_dataset(data_spec, size=ds_size, seed=0, **{k: v for k, v in options.items() if v})
     Schema.from_dict(meta["schema"]).check_compatible(dataset.schema, "model", attributes=[target])
     trained_seed = int(config.get("data_seed", 0))
     if int(data_seed) != trained_seed:

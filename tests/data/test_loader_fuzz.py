@@ -7,6 +7,7 @@ succeed (the damage was harmless) or fail, but only with a privkit error that na
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,7 @@ FUZZ = settings(max_examples=12, deadline=None, suppress_health_check=[HealthChe
 
 _TEMPLATES: dict[str, Path] = {}
 _TEMPLATE_DIR = Path(tempfile.mkdtemp(prefix="privkit-fuzz-"))
+atexit.register(shutil.rmtree, _TEMPLATE_DIR, ignore_errors=True)
 
 
 def template(layout: str) -> Path:

@@ -214,7 +214,7 @@ def test_faces_every_attribute_is_learnable(faces):
         assert acc > 0.8, (name, acc)
     # Not trivially learnable: no single pixel separates the genders of held-out people.
     single_pixel = _best_single_feature_accuracy(small, column["gender"], people)
-    assert single_pixel < 0.7 < gender_acc, (single_pixel, gender_acc)
+    assert single_pixel < gender_acc - 0.1, (single_pixel, gender_acc)
 
 
 # -- speech ----------------------------------------------------------------------------------------
@@ -239,7 +239,8 @@ def _speech_features(audio: np.ndarray, rate: int) -> np.ndarray:
 
 def _f0(audio: np.ndarray, rate: int) -> float:
     """Autocorrelation F0 estimate between 80 and 300 Hz."""
-    ac = np.correlate(audio, audio, mode="full")[len(audio) - 1 :]
+    spectrum = np.fft.rfft(audio, 2 * len(audio))
+    ac = np.fft.irfft(np.abs(spectrum) ** 2)[: len(audio)]  # autocorrelation via FFT
     lags = np.arange(rate // 300, rate // 80)
     return rate / lags[np.argmax(ac[lags])]
 
@@ -288,8 +289,17 @@ def test_speech_every_attribute_is_learnable(speech):
     assert speaker_acc > 0.6, speaker_acc  # chance 1/12
     gender_acc = _across_group_accuracy(features, gender, names, c=0.1)
     assert gender_acc > 0.85, gender_acc  # chance 0.5, held-out speakers
-    accent_acc = _across_group_accuracy(features, accent, names, c=0.1)
-    assert accent_acc > 0.5, accent_acc  # chance 1/3, held-out speakers
+    # Accents move the formants of some vowels only: compare each word with the speaker's own
+    # average (label-free per-speaker normalisation) in a per-word slot of the feature vector.
+    normalised = features.copy()
+    for speaker in np.unique(names):
+        normalised[names == speaker] -= features[names == speaker].mean(axis=0)
+    words = np.array(words)
+    per_word = np.zeros((len(features), 10 * features.shape[1]))
+    for k in range(10):
+        per_word[words == str(k), k * features.shape[1] : (k + 1) * features.shape[1]] = normalised[words == str(k)]
+    accent_acc = _across_group_accuracy(per_word, accent, names, c=0.1)
+    assert accent_acc > 0.55, accent_acc  # chance 1/3, held-out speakers
 
 
 # -- motion ----------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def dlg_attack(model, params, target_gradient, labels, *, true_inputs=None, rest
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            history.append(float(loss))
+            history.append(float(loss.detach()))
         results.append(x.detach().numpy())
         histories.append(history)
     out = {"reconstructed": np.stack(results), "loss_history": np.asarray(histories)}

@@ -168,7 +168,7 @@ class VQNN:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * idx.numel()
+                total += float(loss.detach()) * idx.numel()
             self.loss_curve_.append(total / X.shape[0])
         self.theta_ = theta.detach()
         return self

@@ -96,7 +96,7 @@ def _make_person(seed: int, pid: int) -> _Person:
         hair_length=u(-0.1, 0.1) if male else u(0.6, 0.95),
         hairline=(u(-0.5, -0.4) - (0.12 * age if male else 0.0)),
         stubble=u(0.05, 0.15) if male else 0.0,
-        shoulder_half_width=u(0.95, 1.1) if male else u(0.7, 0.82),
+        shoulder_half_width=u(0.9, 1.05) if male else u(0.75, 0.9),
         wrinkles=[0.0, u(0.05, 0.09), u(0.12, 0.18)][age],
         texture=texture,
     )
