@@ -108,7 +108,7 @@ def test_training_reduces_loss_on_cos_task():
     from privkit.attacks.quantum.tasks import load_task
 
     data = load_task("cos", 2, seed=0)
-    model = VQNN(2, "simple-entangled", 2).fit(data.X[:64], data.y[:64], epochs=15, lr=0.1)
+    model = VQNN(2, "simple-entangled", 2).fit(data.X[:64], data.y[:64], epochs=10, lr=0.1)
     assert model.loss_curve_[-1] < 0.5 * model.loss_curve_[0]
     assert np.mean((model.predict(data.X[:64]) - data.y[:64]) ** 2) == pytest.approx(model.loss_curve_[-1], rel=0.5)
 
