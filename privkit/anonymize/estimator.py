@@ -681,12 +681,14 @@ class BiometricAnonymizer(BaseEstimator):
         return members, _distinct_counts(own, self._pool_identity_codes[members])
 
     # -- persistence -----------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``anonymizer.safetensors`` (arrays) and ``anonymizer.json`` (the rest) into ``path``."""
-        from safetensors.numpy import save_file
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Learned state as ``(arrays, meta)``: named arrays and a JSON-safe dict.
 
+        :meth:`save` writes them as ``anonymizer.safetensors`` + ``anonymizer.json``; other
+        containers (a privkit run-folder artifact) can store them their own way and rebuild the
+        estimator with :meth:`from_state`.
+        """
         self._check_fitted()
-        os.makedirs(path, exist_ok=True)
         arrays = {
             "relevance": self.relevance_, "relevant_mask": self.relevant_mask_.astype(np.uint8),
             "feature_weights": self.feature_weights_, "feature_mean": self.feature_mean_,
@@ -694,7 +696,6 @@ class BiometricAnonymizer(BaseEstimator):
             "pool_x": self.pool_x_, "pool_keep_codes": self._pool_keep_codes,
             "pool_identity_codes": self._pool_identity_codes, "slot_groups": self.slot_groups_.astype(np.int64),
         }
-        save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, os.path.join(path, ARRAYS_FILE))
         params = self.get_params()
         params["representation"] = "auto" if isinstance(params["representation"], Representation) else params["representation"]
         meta = {
@@ -704,6 +705,15 @@ class BiometricAnonymizer(BaseEstimator):
             "t_closeness": getattr(self, "t_closeness_", None),
             "representation": None if self.representation_ is None else self.representation_.to_dict(),
         }
+        return {name: np.ascontiguousarray(a) for name, a in arrays.items()}, meta
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``anonymizer.safetensors`` (arrays) and ``anonymizer.json`` (the rest) into ``path``."""
+        from safetensors.numpy import save_file
+
+        arrays, meta = self.get_state()
+        os.makedirs(path, exist_ok=True)
+        save_file(arrays, os.path.join(path, ARRAYS_FILE))
         with open(os.path.join(path, META_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
 
@@ -722,6 +732,14 @@ class BiometricAnonymizer(BaseEstimator):
             arrays = load_file(arrays_path)
         except (OSError, ValueError) as e:
             raise ArtifactError(f"cannot read the anonymizer in {path} ({e}); re-run privkit anonymize to rewrite it") from None
+        return cls.from_state(arrays, meta, where=str(path))
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict, where: str = "the saved state") -> "BiometricAnonymizer":
+        """Rebuild a fitted anonymizer from :meth:`get_state`'s ``(arrays, meta)``."""
+        path = where
+        meta_path = where
+        arrays = {name: np.asarray(a) for name, a in arrays.items()}
         if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
             raise ArtifactError(f"{meta_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME}; re-run privkit anonymize with this privkit")
         try:
