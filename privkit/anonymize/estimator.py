@@ -737,8 +737,7 @@ class BiometricAnonymizer(BaseEstimator):
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], meta: dict, where: str = "the saved state") -> "BiometricAnonymizer":
         """Rebuild a fitted anonymizer from :meth:`get_state`'s ``(arrays, meta)``."""
-        path = where
-        meta_path = where
+        path = meta_path = where  # named in the error messages below
         arrays = {name: np.asarray(a) for name, a in arrays.items()}
         if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
             raise ArtifactError(f"{meta_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME}; re-run privkit anonymize with this privkit")

@@ -497,3 +497,12 @@ class MaSS:
 
 
 __all__ = ["MaSS", "MaSSTask", "info_nce", "label_entropy", "conditional_entropy", "resolve_budgets", "KIND"]
+
+
+def _register_kind() -> None:
+    from privkit.transforms import register_transform_kind
+
+    register_transform_kind(KIND)(MaSS.load)
+
+
+_register_kind()
