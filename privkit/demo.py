@@ -42,6 +42,27 @@ def _train(out: Path, report: Report, echo) -> dict:
     return {"accuracy": m["accuracy"], "chance": m["chance"], "report": str(run / "report.html")}
 
 
+@step("audit", "fresh attackers on the raw faces: what an adversary could learn before any protection")
+def _audit(out: Path, report: Report, echo) -> dict:
+    from privkit.data import load_dataset
+    from privkit.evaluate.attackers import fresh_attackers
+
+    data = load_dataset(FACES, size=FACES_SIZE)
+    results = fresh_attackers(data, ["identity", "gender", "glasses"], kinds=("linear", "mlp"))
+    for attr, r in results.items():
+        echo(f"   {attr}: best attacker {r['best']:.2f} vs chance {r['chance']:.2f}")
+    return {attr: {"best": r["best"], "chance": r["chance"]} for attr, r in results.items()}
+
+
+@step("attack", "gradient inversion on a 2-qubit quantum neural network")
+def _attack(out: Path, report: Report, echo) -> dict:
+    from privkit.attacks.quantum.run import attack_run
+
+    run, result = attack_run(out / "attack-qnn", task="cos", qubits=2, ansatz="simple", restarts=3, seed=0)
+    echo(f"   {result['success_rate']:.0%} of 3 restarts recovered the input")
+    return {"success_rate": result["success_rate"], "mse_mean": result["mse_mean"], "report": str(run / "report.html")}
+
+
 def run_demo(out: Path, echo=print, only: list[str] | None = None) -> Path:
     """Run every demo step into ``out`` and write the demo's summary report; return its path."""
     from privkit.io.atomic import atomic_write_json

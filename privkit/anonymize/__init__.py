@@ -12,6 +12,7 @@ from privkit.anonymize.estimator import (
     register_relevance,
     register_weighting,
 )
+from privkit.anonymize.artifact import AnonymizerTransform, load_anonymizer, save_anonymizer  # registers kind "anonymizer"
 from privkit.anonymize.representations import (
     Representation,
     available_representations,
@@ -21,13 +22,16 @@ from privkit.anonymize.representations import (
 )
 
 __all__ = [
+    "AnonymizerTransform",
     "BiometricAnonymizer",
     "Representation",
     "available_representations",
     "counter_uniform",
     "get_representation",
+    "load_anonymizer",
     "register_relevance",
     "register_representation",
     "register_weighting",
     "representation_from_dict",
+    "save_anonymizer",
 ]

@@ -252,10 +252,10 @@ class Finetune(_Iterative):
 
 @register_unlearner("neggrad")
 class NegGrad(_Iterative):
-    """Gradient ascent on :math:`D_f` (default: half the recipe's epochs at a tenth of its learning rate)."""
+    """Gradient ascent on :math:`D_f` (default: the recipe's epochs at half its learning rate; D_f is small)."""
 
-    epochs_fraction = 0.5
-    lr_factor = 0.1
+    epochs_fraction = 1.0
+    lr_factor = 0.5
 
     def unlearn(self, model, retain, forget, val, *, context: UnlearnContext) -> nn.Module:
         r = context.recipe

@@ -25,9 +25,9 @@ def setup():
     forget_idx, retain_idx = select_forget(train, "class=3", target="digit", seed=0)
     recipe = TrainingRecipe(epochs=2, batch_size=32, lr=0.02, seed=0)
     torch.manual_seed(0)
-    model = create("cnn", ds.schema, 10, width=4)
+    model = create("cnn", ds.schema, 10, width=8)
     model, _ = train_classifier(model, train, "digit", recipe.classifier_config(),
-                                LoopConfig(epochs=3, batch_size=32, seed=0, progress=False))
+                                LoopConfig(epochs=6, batch_size=32, seed=0, progress=False))
     return dict(model=model.eval(), retain=train.subset(retain_idx), forget=train.subset(forget_idx),
                 val=ds.subset(split.val), recipe=recipe)
 
