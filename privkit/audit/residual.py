@@ -140,6 +140,16 @@ class NoiseStreams:
     def __len__(self) -> int:
         return len(self.seeds)
 
+    def fill(self, kind: str, shape: tuple) -> torch.Tensor:
+        """``(B, *shape)`` draws, ``kind`` ``"rand"`` or ``"randn"``, written in place (no stacking copy)."""
+        out = torch.empty((len(self.seeds), *shape), device=self.device)
+        fn = torch.rand if kind == "rand" else torch.randn
+        gen = torch.Generator(device=self.device)
+        for j, s in enumerate(self.seeds):
+            gen.manual_seed(s)
+            fn(shape, generator=gen, out=out[j])
+        return out
+
     def per_sample(self, draw: Callable[[torch.Generator], torch.Tensor | tuple]):
         """Stack ``draw(generator)`` over samples (element-wise when ``draw`` returns a tuple)."""
         out = []
@@ -192,7 +202,7 @@ def sample_ball(x: torch.Tensor, tau: float, norm: str, samples: int, streams: N
     shape = tuple(x.shape[1:])
     d = int(np.prod(shape)) if shape else 1
     if norm == "linf":
-        unit = streams.per_sample(lambda g: torch.rand((samples, *shape), generator=g, device=streams.device))
+        unit = streams.fill("rand", (samples, *shape))
         # in place: (2U - 1) * tau + x, without extra temporaries of the (B, K, *s) size
         out = unit.mul_(2.0 * tau).sub_(tau).add_(x.unsqueeze(1))
     else:
@@ -225,7 +235,7 @@ def gaussian_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, **o
     shape = tuple(x.shape[1:])
     d = int(np.prod(shape)) if shape else 1
     sigma = tau if norm == "linf" else tau / math.sqrt(d)
-    noise = streams.per_sample(lambda g: torch.randn((samples, *shape), generator=g, device=streams.device))
+    noise = streams.fill("randn", (samples, *shape))
     return _clip(noise.mul_(sigma).add_(x.unsqueeze(1)), clip)
 
 

@@ -261,7 +261,11 @@ class MaSS:
         Epochs of training each attribute classifier on the original data first.
     batch_size, lr, classifier_lr : training options (``lr`` for ``G`` and ``F``).
     classifier_steps : int
-        Classifier updates per generator update (a better-trained adversary per step).
+        Classifier updates per generator update. With ``classifier_lr`` above ``lr`` this is a
+        two-timescale game: the adversary stays close to its best response, so the generator must
+        really remove a suppressed attribute instead of chasing a lagging classifier.
+    pretrain_lr : float
+        Learning rate of the classifiers' pretraining on the original data.
     noise_dim : int
         Size of the noise vector fed to the generator.
     feature_dim : int
@@ -294,7 +298,7 @@ class MaSS:
 
     def __init__(self, suppress: Sequence[str] = (), preserve: Sequence[str] = (), budgets: Mapping[str, float] | None = None,
                  epochs: int = 10, pretrain_epochs: int = 3, batch_size: int = 64, lr: float = 1e-3,
-                 classifier_lr: float = 1e-3, classifier_steps: int = 1, noise_dim: int = 8, feature_dim: int = 32, nce_weight: float = 1.0,
+                 classifier_lr: float = 1e-2, classifier_steps: int = 3, pretrain_lr: float = 1e-3, noise_dim: int = 8, feature_dim: int = 32, nce_weight: float = 1.0,
                  generator: str | None = None, generator_kwargs: Mapping[str, Any] | None = None, seed: int = 0,
                  progress: bool = False):
         self.suppress = suppress
@@ -306,6 +310,7 @@ class MaSS:
         self.lr = lr
         self.classifier_lr = classifier_lr
         self.classifier_steps = classifier_steps
+        self.pretrain_lr = pretrain_lr
         self.noise_dim = noise_dim
         self.feature_dim = feature_dim
         self.nce_weight = nce_weight
@@ -316,7 +321,7 @@ class MaSS:
 
     # -- scikit-learn plumbing ----------------------------------------------------------------------
     _PARAMS = ("suppress", "preserve", "budgets", "epochs", "pretrain_epochs", "batch_size", "lr", "classifier_lr",
-               "classifier_steps",
+               "classifier_steps", "pretrain_lr",
                "noise_dim", "feature_dim", "nce_weight", "generator", "generator_kwargs", "seed")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -406,7 +411,7 @@ class MaSS:
                     break
                 loop = LoopConfig(epochs=int(self.pretrain_epochs), batch_size=int(self.batch_size),
                                   seed=int(self.seed) + 1 + i, progress=self.progress, description=f"pretrain {a}")
-                classifiers[a], _ = train_classifier(classifiers[a], dataset, a, ClassifierConfig(lr=self.classifier_lr),
+                classifiers[a], _ = train_classifier(classifiers[a], dataset, a, ClassifierConfig(lr=self.pretrain_lr),
                                                      loop, checkpoint_dir=ckpt / f"pretrain-{a}" if ckpt else None,
                                                      resume=resume)
         task = MaSSTask(generator, feature_net, classifiers, schema, budgets, int(self.noise_dim), float(self.lr),

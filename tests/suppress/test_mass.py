@@ -25,7 +25,7 @@ def make_features(n: int = 600, d: int = 8, seed: int = 0, gender_shift: float =
     return ArrayDataset(schema, x, np.stack([gender, useful], 1))
 
 
-FAST = dict(epochs=30, batch_size=32, lr=3e-3, classifier_lr=3e-3, classifier_steps=3, nce_weight=0.3, noise_dim=8,
+FAST = dict(epochs=30, batch_size=32, lr=1e-3, classifier_lr=1e-2, classifier_steps=3, nce_weight=0.3, noise_dim=8,
             pretrain_epochs=2)
 
 

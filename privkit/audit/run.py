@@ -1,0 +1,197 @@
+"""``privkit audit residual``: the auditor's residual-knowledge report, and the ``--fix`` flow.
+
+The forget set is rebuilt exactly as ``privkit unlearn`` built it (same data, ``--data-seed`` and
+``--forget``), from the model's own ``meta.json``; the reference must be a model of the same
+schema. With ``--fix`` the unlearned model is fine-tuned with RURK and audited again; both
+audits share one report, side by side.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from privkit.audit.residual import ResidualResult, residual_knowledge
+from privkit.errors import ConfigError
+from privkit.evaluate.report import Report, new_figure
+
+DEFAULT_TAUS = (0.01, 0.02, 0.03, 0.05, 0.1)
+
+
+def parse_taus(text: str | Sequence[float]) -> list[float]:
+    if isinstance(text, str):
+        try:
+            taus = [float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"--tau {text!r} is not a comma-separated list of numbers, e.g. 0.01,0.03,0.1") from None
+    else:
+        taus = [float(t) for t in text]
+    if not taus:
+        raise ConfigError("--tau is empty; give radii such as 0.01,0.03,0.1")
+    for t in taus:
+        if not (t > 0) or not math.isfinite(t):
+            raise ConfigError(f"--tau {t:g} must be a positive radius; e.g. 0.01,0.03,0.1")
+    return taus
+
+
+def _value_range(dataset) -> tuple[float, float] | None:
+    """Valid input range for clipping perturbations: [0, 1] for images, none otherwise."""
+    return (0.0, 1.0) if dataset.schema.modality == "image" else None
+
+
+def audit_models(unlearned: torch.nn.Module, reference: torch.nn.Module | None, request, taus, *, norm: str,
+                 sampler: str, samples: int, seed: int) -> ResidualResult:
+    target_col = request.dataset.schema.index(request.context.target)
+    forget_batches = ((x, a[:, target_col]) for _, x, a in request.forget.batches(256))
+    heldout = {}
+    if reference is None:
+        hx, ha = request.test.materialize()
+        heldout = {"heldout_x": hx, "heldout_y": ha[:, target_col]}
+    return residual_knowledge(unlearned, reference, forget_batches, None, taus=taus, norm=norm, sampler=sampler,
+                              samples=samples, seed=seed, clip=_value_range(request.dataset), **heldout)
+
+
+def _curve_figure(results: dict[str, ResidualResult]):
+    fig = new_figure(6, 3.6)
+    ax = fig.add_subplot(111)
+    for label, res in results.items():
+        taus = [r["tau"] for r in res.summary]
+        mean = [r["mean_r_tau"] for r in res.summary]
+        ax.plot(taus, mean, marker="o", label=f"{label}: mean r_tau")
+        ax.fill_between(taus, [r["ci_low"] for r in res.summary], [r["ci_high"] for r in res.summary], alpha=0.2)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("tau (radius of the perturbation ball)")
+    ax.set_ylabel("r_tau")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _rates_figure(results: dict[str, ResidualResult]):
+    fig = new_figure(6, 3.6)
+    ax = fig.add_subplot(111)
+    for label, res in results.items():
+        taus = [r["tau"] for r in res.summary]
+        ax.plot(taus, [r["recognition_unlearned"] for r in res.summary], marker="o", label=f"{label}: unlearned model")
+        ax.plot(taus, [r["recognition_reference"] for r in res.summary], marker="x", ls=":", label=f"{label}: reference")
+    ax.set_xscale("log")
+    ax.set_xlabel("tau")
+    ax.set_ylabel("recognition rate of perturbed forget samples")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _sample_figure(dataset, positions: np.ndarray, r_values: np.ndarray, title: str):
+    """The forget samples with the highest r_tau: images, spectrograms or signal plots."""
+    n = len(positions)
+    fig = new_figure(1.8 * max(n, 1), 2.2)
+    modality = dataset.schema.modality
+    for k, pos in enumerate(positions):
+        x, _ = dataset[int(pos)]
+        ax = fig.add_subplot(1, max(n, 1), k + 1)
+        if modality == "image":
+            img = x.numpy()
+            ax.imshow(img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0)), cmap="gray", vmin=0, vmax=1)
+        elif modality == "audio":
+            ax.specgram(x.numpy().reshape(-1), Fs=dataset.schema.sample_rate or 8000, NFFT=256, noverlap=128)
+        else:
+            arr = x.numpy().reshape(x.shape[0], -1) if x.dim() > 1 else x.numpy()[None]
+            for row in arr[:6]:
+                ax.plot(row, lw=0.6)
+        ax.set_title(f"r={r_values[k]:.2f}", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _add_audit(report: Report, label: str, res: ResidualResult, request, headline_tau: float | None) -> dict:
+    metrics = res.to_metrics(headline_tau)
+    report.heading(f"{label}")
+    report.verdict(res.verdict(headline_tau), ok=metrics["ci_high"] <= 1.0 or metrics["ci_low"] <= 1.0 <= metrics["ci_high"])
+    report.table(f"{label}: r_tau over tau ({res.tier} tier)",
+                 ["tau", "mean r_tau", "CI low", "CI high", "fraction > 1", "recognised (unlearned)", "recognised (reference)"],
+                 [[r["tau"], r["mean_r_tau"], r["ci_low"], r["ci_high"], r["frac_above_1"], r["recognition_unlearned"],
+                   r["recognition_reference"]] for r in res.summary])
+    top = res.top_samples(6, headline_tau)
+    r_head = res.r_tau[res._tau_index(headline_tau)]
+    report.figure(f"{label}: forget samples with the highest r_tau", _sample_figure(request.forget, top, r_head[top], label))
+    return metrics
+
+
+def audit_residual_run(model_dir: Path, data_spec: str, forget_spec: str, out: Path, *, reference_dir: Path | None = None,
+                       taus: Sequence[float] = DEFAULT_TAUS, headline_tau: float | None = None, norm: str = "linf",
+                       sampler: str = "uniform", samples: int = 64, seed: int = 0, data_seed: int = 0,
+                       size: int | None = None, fix: bool = False, fix_options: dict | None = None,
+                       overwrite: bool = False) -> Path:
+    """Audit an unlearned model's residual knowledge (and optionally fix it with RURK)."""
+    from privkit.audit.residual import _check_config
+    from privkit.data.schema import Schema
+    from privkit.io.rundir import RunDir
+    from privkit.models import load_model, model_meta, save_model
+    from privkit.unlearn.run import prepare_request, run_method
+
+    taus = parse_taus(taus)
+    _check_config(taus, norm, sampler, samples, 0.95, "bootstrap", (0.0, 1.0))
+    if headline_tau is not None and not any(math.isclose(headline_tau, t) for t in taus):
+        raise ConfigError(f"--headline-tau {headline_tau:g} is not in --tau {taus}; add it to the grid")
+    request = prepare_request(model_dir, data_spec, forget_spec, data_seed=data_seed, size=size, dataset=None)
+    reference = None
+    if reference_dir is not None:
+        reference, ref_meta = load_model(reference_dir)
+        Schema.from_dict(ref_meta["schema"]).check_compatible(request.dataset.schema, "reference model",
+                                                              attributes=[request.context.target])
+        if ref_meta.get("target") != request.context.target:
+            raise ConfigError(f"--reference predicts {ref_meta.get('target')!r} but --model predicts "
+                              f"{request.context.target!r}; use a reference retrained for the same attribute")
+    config = {"model": str(model_dir), "reference": str(reference_dir) if reference_dir else None, "data": data_spec,
+              "forget": forget_spec, "taus": taus, "norm": norm, "sampler": sampler, "samples": samples, "seed": seed,
+              "data_seed": data_seed, "fix": fix, "fix_options": fix_options or {}}
+    unlearned = request.model
+    with RunDir(out, "audit-residual", config, overwrite=overwrite) as run:
+        report = Report(f"Residual-knowledge audit of {model_dir}", "audit-residual")
+        report.text("r_tau(x, y) = Pr[m(x') = y] / Pr[a(x') = y] over perturbations x' in the ball B_p(x, tau): the "
+                    "unlearned model m against a model a retrained without the forget set. r_tau > 1 means m still "
+                    "recognises the neighbourhood of a forgotten sample better than a model that never saw it. "
+                    + ("" if reference is not None else "No --reference was given: this is the WEAKER held-out tier, "
+                       "comparing with held-out samples of the same class instead of a retrained model."),
+                    title="What this measures")
+        before = audit_models(unlearned, reference, request, taus, norm=norm, sampler=sampler, samples=samples, seed=seed)
+        if not fix:
+            metrics = _add_audit(report, "audit", before, request, headline_tau)
+            report.update_metrics(metrics)
+            report.figure("r_tau over tau (band: confidence interval)", _curve_figure({"audit": before}))
+            report.figure("raw recognition rates", _rates_figure({"audit": before}))
+        else:
+            from privkit.unlearn.base import get_unlearner
+
+            request.start_model = unlearned
+            method = get_unlearner("rurk", **(fix_options or {}))
+            fixed, seconds, info = run_method(method, request)
+            after = audit_models(fixed, reference, request, taus, norm=norm, sampler=sampler, samples=samples, seed=seed)
+            m_before = _add_audit(report, "before RURK", before, request, headline_tau)
+            m_after = _add_audit(report, "after RURK", after, request, headline_tau)
+            report.update_metrics({"before": m_before, "after": m_after, "fix_seconds": seconds})
+            report.figure("r_tau over tau, before and after RURK", _curve_figure({"before": before, "after": after}))
+            report.figure("raw recognition rates, before and after RURK", _rates_figure({"before": before, "after": after}))
+            from privkit.classify import evaluate_predictions
+
+            ta = {name: evaluate_predictions(m, request.test, request.context.target)["accuracy"]
+                  for name, m in (("before", unlearned), ("after", fixed))}
+            report.table("utility on the test split", ["model", "test accuracy"], [[k, v] for k, v in ta.items()])
+            report.update_metrics({"TA_before": ta["before"], "TA_after": ta["after"]})
+            fixed_dir = run.path / "fixed-model"
+            meta = model_meta(fixed, request.dataset.schema, target=request.context.target,
+                              config=request.meta.get("config", {}), metrics={"TA": ta["after"]},
+                              data_fingerprint=request.meta.get("data_fingerprint", ""),
+                              extra={"unlearned_by": "rurk", "fixed_from": str(model_dir)})
+            save_model(fixed_dir, fixed, meta)
+            from privkit.io.atomic import atomic_write_json
+
+            atomic_write_json(fixed_dir / "complete", {"command": "audit-residual --fix"})
+        report.write(run.path)
+        run.finish()
+    return Path(out)
