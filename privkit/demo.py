@@ -54,6 +54,36 @@ def _audit(out: Path, report: Report, echo) -> dict:
     return {attr: {"best": r["best"], "chance": r["chance"]} for attr, r in results.items()}
 
 
+def _metrics(run: Path) -> dict:
+    import json
+
+    return json.loads((run / "metrics.json").read_text())
+
+
+@step("unlearn", "a deletion request: forget one person with Fast-NTK, compared with retraining")
+def _unlearn(out: Path, report: Report, echo) -> dict:
+    from privkit.unlearn.run import unlearn_run
+
+    forget = "attr=identity:p001"
+    unlearn_run(out / "train", FACES, forget, "retrain", out / "retrain", size=FACES_SIZE)
+    run = unlearn_run(out / "train", FACES, forget, "fast-ntk", out / "unlearn-fast-ntk", reference=out / "retrain",
+                      size=FACES_SIZE)
+    m = _metrics(run)
+    echo(f"   Fast-NTK: UA {m['UA']:.1f}, TA {m['TA']:.1f}, {m['RTE']:.1f} s; Avg. Gap to retrain {m['avg_gap']:.2f} points")
+    return {k: m[k] for k in ("UA", "RA", "TA", "MIA_efficacy", "RTE", "avg_gap")} | {"report": str(run / "report.html")}
+
+
+@step("residual", "residual-knowledge audit of the unlearned model against the retrained one")
+def _residual(out: Path, report: Report, echo) -> dict:
+    from privkit.audit.run import audit_residual_run
+
+    run = audit_residual_run(out / "unlearn-fast-ntk", FACES, "attr=identity:p001", out / "audit-residual",
+                             reference_dir=out / "retrain", samples=32, size=FACES_SIZE, taus=(0.01, 0.03, 0.1))
+    m = _metrics(run)
+    echo(f"   mean r_tau {m['mean_r_tau']:.2f} (CI {m['ci_low']:.2f}-{m['ci_high']:.2f}) at tau {m['tau']:g}")
+    return {k: m[k] for k in ("mean_r_tau", "ci_low", "ci_high", "frac_above_1")} | {"report": str(run / "report.html")}
+
+
 @step("attack", "gradient inversion on a 2-qubit quantum neural network")
 def _attack(out: Path, report: Report, echo) -> dict:
     from privkit.attacks.quantum.run import attack_run

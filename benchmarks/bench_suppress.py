@@ -1,0 +1,129 @@
+"""Benchmark MaSS suppression: transform throughput vs a bare forward pass, epoch time, peak memory,
+and (``--results``) the held-out fresh-attacker results of the issue's four configurations.
+
+Examples
+--------
+    OMP_NUM_THREADS=1 python benchmarks/bench_suppress.py --quick
+    OMP_NUM_THREADS=1 python benchmarks/bench_suppress.py --results --epochs 10 --size 1200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULT_CONFIGS = [
+    # (data, suppress, keep)
+    ("synthetic-faces", ["gender", "age"], ["expression", "glasses"]),
+    ("fsdd", ["speaker", "accent"], ["digit"]),
+    ("synthetic-motion", ["gender", "subject"], ["activity"]),
+    ("synthetic-speech", ["gender", "speaker"], ["word"]),
+]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 ** 2 if sys.platform == "darwin" else r / 1024
+
+
+def throughput(data: str, size: int, epochs: int, batch_size: int, repeats: int) -> dict:
+    import torch
+
+    from privkit.data import load_dataset
+    from privkit.io.rundir import RunDir
+    from privkit.suppress import MaSS
+    from privkit.transforms import apply_transform
+
+    ds = load_dataset(data, size=size)
+    attrs = [a for a in ds.schema.attribute_names if not ds.schema.attribute(a).identity]
+    mass = MaSS(suppress=attrs[:1], preserve=attrs[1:2], epochs=epochs, pretrain_epochs=1, batch_size=64, seed=0)
+    mass.fit(ds)
+    epoch_s = [h["seconds"] for h in mass.history_]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        with RunDir(run, "bench", {}) as r:
+            mass.save(r.path)
+            r.finish()
+        full = []
+        for k in range(repeats):
+            t0 = time.perf_counter()
+            apply_transform(run, ds, Path(tmp) / f"rel{k}", batch_size=batch_size)
+            full.append(time.perf_counter() - t0)
+        x, _ = ds.materialize()
+        bare = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for i in range(0, len(x), batch_size):
+                    mass.transform(x[i:i + batch_size])
+            bare.append(time.perf_counter() - t0)
+    full_sps, bare_sps = len(ds) / min(full), len(ds) / min(bare)
+    return {"data": data, "samples": len(ds), "input_shape": list(ds.schema.input_shape),
+            "full_path_samples_per_s": full_sps, "bare_forward_samples_per_s": bare_sps, "ratio": full_sps / bare_sps,
+            "epoch_seconds": sum(epoch_s) / len(epoch_s), "peak_rss_mb": peak_rss_mb()}
+
+
+def results(configs, size: int, epochs: int, attackers: list[str], out_root: Path, shared: Path) -> list[dict]:
+    from privkit.data import load_dataset
+    from privkit.suppress.report import suppress_run
+
+    rows = []
+    for data, sup, keep in configs:
+        spec = str(shared / data) if data == "fsdd" else data
+        if data == "fsdd" and not Path(spec).is_dir():
+            print(f"# skip {data}: {spec} not found", flush=True)
+            continue
+        ds = load_dataset(spec, size=None if data == "fsdd" else size)
+        t0 = time.perf_counter()
+        _, m = suppress_run(spec, sup, out_root / data, preserve=keep, epochs=epochs, attackers=attackers,
+                            dataset=ds, progress=False, size=None if data == "fsdd" else size)
+        row = {"data": data, "seconds": time.perf_counter() - t0, "attributes": m["attributes"],
+               "suppressed_max_gap_to_chance": m["suppressed_max_gap_to_chance"],
+               "preserved_max_drop": m["preserved_max_drop"], "fidelity": m["fidelity"]}
+        rows.append(row)
+        print(f"## {data} (n={len(ds)}, epochs={epochs}, {row['seconds']:.0f}s)", flush=True)
+        for a, r in m["attributes"].items():
+            print(f"  {a:12s} {r['role']:10s} chance {r['chance']:.3f}  original {r['original']:.3f}  "
+                  f"released {r['released']:.3f}", flush=True)
+        print(f"  gap_to_chance {m['suppressed_max_gap_to_chance']:+.3f}  preserved_drop "
+              f"{m['preserved_max_drop'] if m['preserved_max_drop'] is None else round(m['preserved_max_drop'], 3)}  "
+              f"fidelity {json.dumps({k: round(v, 4) for k, v in m['fidelity'].items()})}", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (a smoke run in about a minute)")
+    p.add_argument("--data", default="synthetic-faces", help="dataset of the throughput benchmark")
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--results", action="store_true", help="run the four configurations of issue 4 instead")
+    p.add_argument("--only", default=None, help="comma-separated subset of result datasets")
+    p.add_argument("--attackers", default="linear,mlp,cnn")
+    p.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    size = args.size or (300 if args.quick else 1200)
+    epochs = args.epochs or (2 if args.quick else 10)
+    if args.results:
+        configs = [c for c in RESULT_CONFIGS if not args.only or c[0] in args.only.split(",")]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = results(configs, size, epochs, args.attackers.split(","), Path(tmp), Path(args.shared))
+    else:
+        out = throughput(args.data, size, epochs, args.batch_size, args.repeats)
+        print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
