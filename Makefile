@@ -16,10 +16,10 @@ demo: $(VENV_STAMP)
 	.venv/bin/privkit demo --out runs/demo --overwrite
 
 test: $(VENV_STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 test-all: $(VENV_STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m ''
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m ''
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info

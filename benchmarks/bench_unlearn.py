@@ -52,6 +52,7 @@ def run_scenario(name: str, sc: dict, methods: list[str], epochs: int, root: Pat
             model, seconds, info = run_method(get_unlearner(method), req)
         except Exception as e:  # report the failure in the table and go on with the other methods
             rows.append([name, method, *(["–"] * 6), f"error: {type(e).__name__}: {str(e)[:60]}"])
+            print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
             continue
         m = unlearning_metrics(model, req.retain, req.forget, req.test, req.context.target, seconds, reference=ref,
                                seed=seed)
@@ -61,7 +62,7 @@ def run_scenario(name: str, sc: dict, methods: list[str], epochs: int, root: Pat
         rows.append([name, method, fmt(m["UA"]), fmt(m["RA"]), fmt(m["TA"]), fmt(m["MIA_efficacy"]), fmt(m["RTE"]),
                      fmt(m["avg_gap"]), f"n_forget={len(req.forget)} n_retain={len(req.retain)} "
                                         f"train={train_seconds:.1f}s"])
-        print(f"  {name} {method} done ({seconds:.1f}s)", flush=True)
+        print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
     return rows
 
 
@@ -91,7 +92,7 @@ def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, req
         rows.append([data, forget, len(req.forget), info["ntk"]["P"], fmt(t_retrain), fmt(t_fast),
                      f"{t_retrain / t_fast:.1f}x", fmt(timings.get("jacobian")), fmt(timings.get("solve")),
                      fmt(m["UA"]), fmt(ref["UA"]), fmt(m["avg_gap"])])
-        print(f"  peft request {r} done", flush=True)
+        print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
     return rows
 
 
@@ -124,24 +125,20 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        print(f"\n### Unlearning methods (base: cnn, {epochs} epochs, seed {args.seed}; UA/RA/TA/MIA in %, RTE s, "
+              f"avg_gap points vs retrain)\n")
+        print("| scenario | method | UA | RA | TA | MIA eff. | RTE | avg_gap | notes |")
+        print("|---|---|---|---|---|---|---|---|---|", flush=True)
         for name in names:
             if name == "orl-person" and not args.orl.is_dir():
                 print(f"skipping orl-person: {args.orl} not found")
                 continue
             rows += run_scenario(name, all_sc[name], methods, epochs, root, args.seed)
-        print(f"\n### Unlearning methods (base: cnn, {epochs} epochs, seed {args.seed}; UA/RA/TA/MIA in %, RTE s, "
-              f"avg_gap points vs retrain)\n")
-        print("| scenario | method | UA | RA | TA | MIA eff. | RTE | avg_gap | notes |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            print("| " + " | ".join(str(c) for c in r) + " |")
-        peft = peft_speedup("digits", "digit", epochs, root, args.seed, args.peft_requests)
         print("\n### Fast-NTK on a PEFT (bn) model vs retraining the same PEFT parameters with the same recipe\n")
         print("| data | forget | n_forget | P | retrain s | fast-ntk s | speed-up | jacobian s | solve s | UA | UA retrain "
               "| avg_gap |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in peft:
-            print("| " + " | ".join(str(c) for c in r) + " |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        peft_speedup("digits", "digit", epochs, root, args.seed, args.peft_requests)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ nothing about identity.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -395,22 +396,28 @@ def anonymize_run(data_spec: str, sensitive: str, keep: str, out: str | Path, cf
         run.log(f"fitting k={cfg.k} weight={cfg.weight} top_features={cfg.top_features} on {len(ds)} records")
         anonymizer = fit_anonymizer(x, ds, sensitive, keep, cfg, representation=representation)
         released = release(anonymizer, x, ds, sensitive, keep, cfg.batch_size, release_dir)
-        run.log("evaluating the release")
-        evaluation = evaluate_release(ds, x, released, sensitive, keep, other, cfg, representation)
-        known = {int(cfg.k): evaluation["attackers"]["released"]}
-        if ds.schema.modality != "audio":  # k = 1 returns records unchanged (audio would still be re-synthesised)
-            known[1] = evaluation["attackers"]["original"]
-        curve = privacy_utility_curve(ds, x, sensitive, keep, cfg, representation, known)
-        report = build_report(str(data_spec), sensitive, keep, other, cfg, evaluation, anonymizer.achieved_k_, curve)
-        save_anonymizer(run.path, anonymizer, ds.schema, sensitive=sensitive, keep=keep, config=config,
-                        metrics={"reidentification": evaluation["reidentification"], "utility": evaluation["utility"],
-                                 "achieved_k": anonymizer.achieved_k_},
-                        data_fingerprint=ds.fingerprint())
-        report.write(run.path)
-        run.finish()
+        try:
+            run.log("evaluating the release")
+            evaluation = evaluate_release(ds, x, released, sensitive, keep, other, cfg, representation)
+            known = {int(cfg.k): evaluation["attackers"]["released"]}
+            if ds.schema.modality != "audio":  # k = 1 returns records unchanged (audio would still be re-synthesised)
+                known[1] = evaluation["attackers"]["original"]
+            curve = privacy_utility_curve(ds, x, sensitive, keep, cfg, representation, known)
+            report = build_report(str(data_spec), sensitive, keep, other, cfg, evaluation, anonymizer.achieved_k_, curve)
+            save_anonymizer(run.path, anonymizer, ds.schema, sensitive=sensitive, keep=keep, config=config,
+                            metrics={"reidentification": evaluation["reidentification"], "utility": evaluation["utility"],
+                                     "achieved_k": anonymizer.achieved_k_},
+                            data_fingerprint=ds.fingerprint())
+            report.write(run.path)
+            run.finish()
+        except BaseException:
+            # the run folder is removed by RunDir; a release without its finished run would look valid
+            if release_dir is not None:
+                shutil.rmtree(Path(release_dir).expanduser(), ignore_errors=True)
+            raise
     return run.path
 
 
-__all__ = ["AnonymizeConfig", "anonymize_run", "check_inputs", "embeddings", "equal_error_rate", "evaluate_release",
+__all__ = ["AnonymizeConfig", "anonymize_run", "attack", "check_inputs", "embeddings", "equal_error_rate", "evaluate_release",
            "fit_anonymizer", "max_feasible_k", "privacy_utility_curve", "release", "released_batches",
            "representation_for", "verification_eer"]

@@ -158,9 +158,11 @@ def _fit_length(r: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 class ImageGenerator(nn.Module):
     """``x' = sigmoid(logit(x) + r(x, z))`` with ``r`` a 2-D conv residual network; pixels in [0, 1]."""
 
-    def __init__(self, channels: int, noise_dim: int, width: int = 32, blocks: int = 3, init_scale: float = 0.01):
+    def __init__(self, channels: int, noise_dim: int, width: int = 24, blocks: int = 3, down: int = 2,
+                 init_scale: float = 0.01):
         super().__init__()
-        self.net = _ConvResidualNet(2, channels, noise_dim, width, blocks, 3, 1, init_scale)
+        # blocks run at 1/down resolution: attributes are mostly coarse shape, and it keeps a CPU fast
+        self.net = _ConvResidualNet(2, channels, noise_dim, width, blocks, 3, down, init_scale)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         xc = x.clamp(_EPS, 1 - _EPS)
@@ -233,8 +235,9 @@ class _Conv1dResidual(nn.Module):
 
 @register_generator("image-resnet", ("image",), "2-D conv residual net on logits, pixels stay in [0, 1]",
                     default_for=("image",))
-def image_resnet(schema: Schema, noise_dim: int, width: int = 32, blocks: int = 3, init_scale: float = 0.01):
-    return ImageGenerator(schema.input_shape[0], noise_dim, width, blocks, init_scale)
+def image_resnet(schema: Schema, noise_dim: int, width: int = 24, blocks: int = 3, down: int = 2,
+                 init_scale: float = 0.01):
+    return ImageGenerator(schema.input_shape[0], noise_dim, width, blocks, down, init_scale)
 
 
 @register_generator("waveform-resnet", ("audio",), "strided 1-D conv residual net, samples stay in (-1, 1)",

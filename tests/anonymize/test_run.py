@@ -17,12 +17,13 @@ from privkit.errors import ArtifactError, ConfigError, SchemaError
 
 
 def features_dataset(n_people=8, per_person=10, d=12, seed=0, identity=True):
-    """Features where people differ in their mean and `keep` (2 classes) shifts feature 0."""
+    """Features where people differ in their means (except feature 0) and `keep` (2 classes) shifts feature 0."""
     rng = np.random.default_rng(seed)
     person = np.repeat(np.arange(n_people), per_person)
     keep = np.tile(np.arange(2), n_people * per_person // 2)
     other = (person % 3).astype(np.int64)
     centres = rng.normal(0, 2, size=(n_people, d))
+    centres[:, 0] = 0.0  # feature 0 says nothing about the person: keep is readable across people
     x = centres[person] + rng.normal(0, 0.3, size=(len(person), d))
     x[:, 0] += 4.0 * keep
     attrs = (Attribute("keep", ("no", "yes")), Attribute("person", tuple(f"p{i}" for i in range(n_people)), identity=identity),
@@ -145,7 +146,8 @@ def test_curve_reuses_known_points_and_hides_identity():
     curve = privacy_utility_curve(ds, x, "person", "keep", cfg, get_representation("features", (x.shape[1],)), known)
     assert [p["k"] for p in curve] == [1, 5]  # 99 is infeasible (8 people): left out
     assert curve[0]["reid"] == 0.9 and curve[0]["utility"] == 0.8
-    assert curve[1]["reid"] < 0.6 and curve[1]["utility"] > 0.9  # k=5: identity hidden, kept attribute readable
+    # k=5: identity close to chance (1/8), kept attribute well above chance (0.5) for the briefly-trained attacker
+    assert curve[1]["reid"] < 0.5 and curve[1]["utility"] > 0.7
 
 
 # -- baselines ------------------------------------------------------------------------------------

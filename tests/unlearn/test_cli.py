@@ -37,7 +37,7 @@ def check_unlearn_outputs(run: Path, method: str, with_reference: bool) -> tuple
     model, meta = load_model(run)
     assert meta["kind"] == "classifier" and meta["unlearned_by"] == method
     receipt = json.loads((run / "receipt.json").read_text())
-    assert receipt["model_after_sha256"] == model_sha256(model)
+    assert receipt["model_after_sha256"] == model_sha256(model) == meta["weights_sha256"]
     assert receipt["model_before_sha256"] != receipt["model_after_sha256"]
     assert re.fullmatch(r"[0-9a-f]{64}", receipt["forget_ids_sha256"])
     assert receipt["metrics"] == metrics and receipt["config"]["method"] == method
@@ -81,7 +81,16 @@ def test_finetune_ntk_and_reference(linear_run):
     assert metrics["avg_gap"] == pytest.approx(gap)
     assert receipt["verdict"]["ok"] in (True, False)
     # same forget selection -> same receipt hash, whichever method ran
-    assert receipt["forget_ids_sha256"] == json.loads((root / "ft" / "receipt.json").read_text())["forget_ids_sha256"]
+    ft_receipt = json.loads((root / "ft" / "receipt.json").read_text())
+    assert receipt["forget_ids_sha256"] == ft_receipt["forget_ids_sha256"]
+    # RURK as a post-hoc fix of the fine-tuned model: starts from it, not from the original
+    ok(invoke("unlearn", *common, "--method", "rurk", "--from", root / "ft", "--epochs", "1", "--out", root / "rurk"))
+    _, rurk_receipt = check_unlearn_outputs(root / "rurk", "rurk", with_reference=False)
+    assert rurk_receipt["model_before_sha256"] == ft_receipt["model_after_sha256"]
+    # --from must have forgotten the same samples
+    result = invoke("unlearn", "--model", root / "base", "--data", "digits", "--forget", "class=3", "--method", "rurk",
+                    "--from", root / "ft", "--out", root / "rurk2")
+    assert result.exit_code == 2 and "another set" in result.output and not (root / "rurk2").exists()
 
 
 def _bad_inputs(root: Path) -> dict[str, list]:
