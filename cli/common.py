@@ -85,6 +85,10 @@ def progress_callback(description: str):
 
 
 def echo_done(run: Path, what: str = "report") -> None:
+    from privkit.distributed import is_main_process
+
+    if not is_main_process():
+        return
     typer.secho(f"{what}: {run / 'report.html'}", fg=typer.colors.GREEN)
 
 

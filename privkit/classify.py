@@ -167,8 +167,9 @@ def train_run(data_spec: str, target: str, out: Path, *, model_name: str | None 
         meta = model_meta(model, ds.schema, target=target, config=config, metrics=report.to_dict(),
                           data_fingerprint=train_set.fingerprint(),
                           extra={"split_fingerprint": ds.fingerprint(), "history": history})
-        save_model(run.path, model, meta)
-        report.write(run.path)
+        if run.main:
+            save_model(run.path, model, meta)
+            report.write(run.path)
         run.finish()
     return Path(out)
 

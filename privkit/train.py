@@ -229,7 +229,7 @@ def _wrap_ddp(task: TrainTask, dist: DistInfo) -> None:
         if isinstance(net, DDP) or not any(p.requires_grad for p in net.parameters()):
             continue
         device_ids = [dist.local_rank] if next(net.parameters()).is_cuda else None
-        task.nets[name] = DDP(net, device_ids=device_ids, broadcast_buffers=False)
+        task.nets[name] = DDP(net, device_ids=device_ids)
 
 
 def _progress(enabled: bool, description: str):

@@ -140,3 +140,15 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     a, b = load_file(tmp_path / "one" / "final.safetensors"), load_file(tmp_path / "two" / "final.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_privkit_train_under_torchrun_writes_one_finished_run(tmp_path):
+    """The CLI itself under torchrun: rank 0 writes the run folder, the others only train."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "privkit.cli.main",
+                          "train", "--data", "digits", "--target", "digit", "--epochs", "1", "--out", str(tmp_path / "run")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert (tmp_path / "run" / "complete").exists()
+    assert res.stdout.count("report:") == 1

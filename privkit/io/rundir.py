@@ -69,7 +69,12 @@ class RunDir:
         self.resume = resume
         self.overwrite = overwrite
         self.created = False
-        self._check()
+        # under torchrun only rank 0 writes; the other ranks train and skip every write
+        from privkit.distributed import is_main_process
+
+        self.main = is_main_process()
+        if self.main:
+            self._check()
 
     # -- checks before anything is written ---------------------------------------------------
     def _check(self) -> None:
@@ -97,6 +102,8 @@ class RunDir:
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> "RunDir":
+        if not self.main:
+            return self
         try:
             if self.overwrite and self.path.is_dir():
                 shutil.rmtree(self.path)
@@ -110,13 +117,15 @@ class RunDir:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None or exc_type is KeyboardInterrupt:
+        if exc_type is None or exc_type is KeyboardInterrupt or not self.main:
             return False
         if self.created and not self.has_checkpoint():
             shutil.rmtree(self.path, ignore_errors=True)
         return False
 
     def log(self, message: str) -> None:
+        if not self.main:
+            return
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         try:
             with open(self.path / "log.txt", "a", encoding="utf-8") as f:
@@ -125,11 +134,15 @@ class RunDir:
             raise _describe_os_error(self.path / "log.txt", e) from None
 
     def write_json(self, name: str, obj: Any) -> Path:
+        if not self.main:
+            return self.path / name
         atomic_write_json(self.path / name, obj)
         return self.path / name
 
     def finish(self, keep_checkpoints: bool = False) -> Path:
         """Write the ``complete`` marker (last); drop checkpoints unless asked to keep them."""
+        if not self.main:
+            return self.path
         if not keep_checkpoints and self.checkpoint_dir.exists():
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         self.log(f"complete {self.command}")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from privkit.anonymize import BiometricAnonymizer, get_representation
+from privkit.anonymize import get_representation
 from privkit.anonymize.artifact import AnonymizerTransform, load_anonymizer, save_anonymizer
 from privkit.anonymize.baselines import apply_baseline, blur_rows, pixelate_rows
 from privkit.anonymize.run import (AnonymizeConfig, check_inputs, class_names, equal_error_rate, fit_anonymizer,
