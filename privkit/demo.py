@@ -48,7 +48,7 @@ def _audit(out: Path, report: Report, echo) -> dict:
     from privkit.evaluate.attackers import fresh_attackers
 
     data = load_dataset(FACES, size=FACES_SIZE)
-    results = fresh_attackers(data, ["identity", "gender", "glasses"], kinds=("linear", "mlp"))
+    results = fresh_attackers(data, ["identity", "gender", "glasses"], kinds=("linear", "mlp"), epochs={"linear": 20, "mlp": 20})
     for attr, r in results.items():
         echo(f"   {attr}: best attacker {r['best']:.2f} vs chance {r['chance']:.2f}")
     return {attr: {"best": r["best"], "chance": r["chance"]} for attr, r in results.items()}
