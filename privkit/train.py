@@ -444,9 +444,40 @@ def predict_logits(model: nn.Module, data, batch_size: int = 256) -> tuple[torch
     return torch.cat(outs), torch.cat(labels)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset, batch_size: int = 256) -> bool:
+    """Recompute BatchNorm running statistics of the final weights over ``dataset``.
+
+    During training the running averages (momentum 0.1) mix statistics of *earlier* weights; on
+    small datasets (a few dozen steps) they lag so far behind that eval-mode predictions collapse
+    while train-mode ones are right. One pass with cumulative averaging (``momentum=None``) over
+    the training data gives the exact population statistics of the final network. Only the BN
+    layers switch to train mode, so dropout stays off. Returns whether anything was recalibrated.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return False
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for _, x, _ in dataset.batches(batch_size):
+        model(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    model.eval()
+    return True
+
+
 def train_classifier(model: nn.Module, dataset, target: str, cfg: ClassifierConfig, loop: LoopConfig,
                      checkpoint_dir: str | os.PathLike | None = None, resume: bool = False) -> tuple[nn.Module, list[dict]]:
-    """Train ``model`` to predict attribute ``target`` of ``dataset`` with the shared loop."""
+    """Train ``model`` to predict attribute ``target`` of ``dataset`` with the shared loop, then
+    recalibrate its BatchNorm statistics on the training data (see :func:`recalibrate_batchnorm`)."""
     task = ClassifierTask(model, dataset.schema.index(target), cfg)
     history = run_training(task, dataset, loop, checkpoint_dir=checkpoint_dir, resume=resume)
-    return unwrap(task.nets["model"]), history
+    model = unwrap(task.nets["model"])
+    if cfg.trainable is None:  # PEFT runs keep the pretrained statistics frozen on purpose
+        recalibrate_batchnorm(model, dataset)
+    return model, history

@@ -152,3 +152,31 @@ def test_privkit_train_under_torchrun_writes_one_finished_run(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert (tmp_path / "run" / "complete").exists()
     assert res.stdout.count("report:") == 1
+
+
+def test_batchnorm_recalibration_fixes_stale_running_statistics():
+    """Few steps with a fast optimizer leave BN running stats stale; recalibration makes eval match train mode."""
+    import numpy as np
+
+    from privkit.data.datasets import ArrayDataset
+    from privkit.train import recalibrate_batchnorm, train_classifier
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 96)
+    x = rng.normal(0, 1, (96, 1, 8, 8)).astype(np.float32) * 0.1 + 0.5
+    x[y == 1, :, :4] += 0.3
+    ds = ArrayDataset(Schema("image", (Attribute("y", ("a", "b")),), (1, 8, 8)), x, y[:, None])
+    torch.manual_seed(0)
+    model = create("cnn", ds.schema, 2, width=8)
+    task = ClassifierTask(model, 0, ClassifierConfig(lr=0.05))
+    run_training(task, ds, LoopConfig(epochs=2, batch_size=32, seed=0, progress=False))
+    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+    model.train()
+    with torch.no_grad():
+        train_mode_acc = (model(xs).argmax(1) == ys).float().mean()
+    model.eval()
+    stale_acc = (model(xs).argmax(1) == ys).float().mean()
+    assert recalibrate_batchnorm(model, ds)
+    fixed_acc = (model(xs).argmax(1) == ys).float().mean()
+    assert fixed_acc >= train_mode_acc - 0.02
+    assert fixed_acc > stale_acc or stale_acc >= train_mode_acc - 0.02
