@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from privkit.cli import commands_data, commands_train
+from privkit.cli import (commands_anonymize, commands_attack, commands_audit, commands_data, commands_demo,
+                         commands_suppress, commands_train, commands_unlearn)
 
 app = typer.Typer(
     name="privkit",
@@ -21,15 +22,9 @@ app.add_typer(attack_app, name="attack")
 
 commands_train.register(app, audit_app)
 
-for _module in ("commands_suppress", "commands_unlearn", "commands_anonymize", "commands_audit", "commands_attack",
-                "commands_demo"):
-    try:
-        _mod = __import__(f"privkit.cli.{_module}", fromlist=["register"])
-    except ModuleNotFoundError as _e:  # a module not landed yet
-        if _e.name != f"privkit.cli.{_module}":
-            raise
-        continue
-    _mod.register(app, audit_app, attack_app)
+for _module in (commands_suppress, commands_unlearn, commands_anonymize, commands_audit, commands_attack,
+                commands_demo):
+    _module.register(app, audit_app, attack_app)
 
 
 def main() -> None:  # pragma: no cover - console entry point
