@@ -42,6 +42,12 @@ def _train(out: Path, report: Report, echo) -> dict:
     return {"accuracy": m["accuracy"], "chance": m["chance"], "report": str(run / "report.html")}
 
 
+def _metrics(run: Path) -> dict:
+    import json
+
+    return json.loads((run / "metrics.json").read_text())
+
+
 @step("audit", "fresh attackers on the raw faces: what an adversary could learn before any protection")
 def _audit(out: Path, report: Report, echo) -> dict:
     from privkit.data import load_dataset
@@ -54,10 +60,31 @@ def _audit(out: Path, report: Report, echo) -> dict:
     return {attr: {"best": r["best"], "chance": r["chance"]} for attr, r in results.items()}
 
 
-def _metrics(run: Path) -> dict:
-    import json
 
-    return json.loads((run / "metrics.json").read_text())
+
+@step("suppress", "MaSS: release the faces without `gender`, keeping `glasses`")
+def _suppress(out: Path, report: Report, echo) -> dict:
+    from privkit.suppress.report import suppress_run
+
+    run, m = suppress_run(FACES, ["gender"], out / "suppress", preserve=["glasses"], epochs=3, size=FACES_SIZE,
+                          attackers=("linear", "mlp"), attacker_epochs={"linear": 20, "mlp": 20})
+    attrs = m["attributes"]
+    for name, a in attrs.items():
+        echo(f"   {name} ({a['role']}): original {a['original']:.2f} -> released {a['released']:.2f} (chance {a['chance']:.2f})")
+    return {name: {k: a[k] for k in ("role", "chance", "original", "released")} for name, a in attrs.items()} | {
+        "report": str(run / "report.html")}
+
+
+@step("anonymize", "model-agnostic anonymization of the faces: hide identity, keep glasses")
+def _anonymize(out: Path, report: Report, echo) -> dict:
+    from privkit.anonymize.run import AnonymizeConfig, anonymize_run
+
+    run = anonymize_run(FACES, "identity", "glasses", out / "anonymize", AnonymizeConfig(k=5, curve_k=(1, 5)),
+                        size=FACES_SIZE)
+    m = _metrics(run)
+    r = m["reidentification"]
+    echo(f"   re-identification {r['original']:.2f} -> {r['released']:.2f} (chance {r['chance']:.2f})")
+    return {"reidentification": r, "report": str(run / "report.html")}
 
 
 @step("unlearn", "a deletion request: forget one person with Fast-NTK, compared with retraining")
