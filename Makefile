@@ -6,7 +6,6 @@ VENV_STAMP := .venv/.installed
 
 $(VENV_STAMP): pyproject.toml setup.py
 	python3 -m venv .venv
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(VENV_STAMP)
 
