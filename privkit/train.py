@@ -395,6 +395,9 @@ class ClassifierTask(TrainTask):
     fine-tuned model matches the NTK closed form's objective (Golatkar et al., 2020).
     """
 
+    #: ``False`` keeps the network in eval mode while training (frozen BatchNorm statistics, for PEFT)
+    train_mode: bool = True
+
     def __init__(self, model: nn.Module, target_index: int, cfg: ClassifierConfig, optimizer: torch.optim.Optimizer | None = None):
         self.cfg = cfg
         self.target_index = target_index
@@ -422,7 +425,7 @@ class ClassifierTask(TrainTask):
         x, attrs = batch
         y = attrs[:, self.target_index] if attrs.dim() == 2 else attrs
         model = self.nets["model"]
-        model.train()
+        model.train(self.train_mode)
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)
         logits = model(x)

@@ -24,11 +24,23 @@ ridge term is :math:`\lambda_D = N\lambda`. :func:`train_peft_run` produces such
 The pretrained PEFT values :math:`w_0` are saved beside the weights in ``w0.safetensors``
 (checksummed in ``meta.json``: ``w0_sha256``), because :func:`~privkit.models.load_model` loads
 ``weights.safetensors`` strictly and the NTK step needs :math:`w_0` as its linearisation point.
+
+3. **Keep the NTK state** (``keep_ntk_state=True``, the default): deletion requests keep coming,
+   so the one-off part of Fast-NTK is paid here, once. :class:`~privkit.unlearn.ntk.NTKState` is
+   fitted over the training data :math:`D` with the recipe ``fast-ntk`` uses (linearised at
+   :math:`w_0`, the PEFT parameters, cross-entropy residual, :math:`\lambda_S = |S|\,\lambda`):
+   :math:`G = J_D^TJ_D`, :math:`b = J_D^Tr_D` and the eigendecomposition of :math:`G`. It is saved
+   as ``ntk_state.safetensors``; ``meta.json`` records ``ntk_state_sha256``,
+   ``ntk_state_data_fingerprint`` (the samples it covers) and ``ntk_state_fit_seconds`` (the
+   one-off cost). A deletion request then needs only the forget set's Jacobians and a downdate
+   (:meth:`~privkit.unlearn.ntk.NTKState.forget`); see :mod:`privkit.unlearn.methods_ntk`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +51,16 @@ from torch import nn
 from privkit.errors import ArtifactError, ConfigError
 from privkit.train import ClassifierTask
 
-__all__ = ["PEFT_KINDS", "W0_FILE", "PeftClassifierTask", "peft_parts", "peft_parameter_names", "save_w0", "load_w0",
-           "training_indices", "train_peft_run"]
+__all__ = ["PEFT_KINDS", "W0_FILE", "NTK_STATE_FILE", "PeftClassifierTask", "peft_parts", "peft_parameter_names",
+           "save_w0", "load_w0", "training_indices", "fit_ntk_state", "save_ntk_state", "load_ntk_state",
+           "ntk_state_meta", "train_peft_run"]
 
 PEFT_KINDS = ("bn", "prompt")
 W0_FILE = "w0.safetensors"
+NTK_STATE_FILE = "ntk_state.safetensors"
+#: The keys of ``meta.json`` that describe a kept NTK state (copied along a chain of requests).
+NTK_STATE_KEYS = ("ntk_state_file", "ntk_state_sha256", "ntk_state_data_fingerprint", "ntk_state_fit_seconds",
+                  "ntk_state_params", "ntk_state_weight_decay")
 PRETRAIN_FRACTION = 0.5
 DEFAULT_ANCHOR = 5e-4
 
@@ -143,6 +160,77 @@ def set_parameters(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, v in values.items():
             live[name].copy_(v)
+
+
+def fit_ntk_state(model: nn.Module, w0: dict[str, torch.Tensor], dataset, target_index: int, kind: str,
+                  weight_decay: float, chunk_size: int | None = None):
+    """Fit the :class:`~privkit.unlearn.ntk.NTKState` ``fast-ntk`` uses over ``dataset`` (the one-off cost).
+
+    The recipe is the one of :class:`~privkit.unlearn.methods_ntk.FastNTKUnlearner` with its defaults:
+    Jacobians of the ``kind`` parameters at :math:`w_0` (other parameters and BatchNorm statistics as
+    in ``model``), residual :math:`\mathrm{onehot}(y) - \mathrm{softmax}(f_0(x))`,
+    :math:`\lambda_S = |S|\,wd` with :math:`wd` = ``weight_decay``.
+
+    Returns
+    -------
+    state : NTKState
+    seconds : float
+        Wall time of the fit, reading the samples included.
+    """
+    from privkit.unlearn.methods_ntk import DEFAULT_NTK_CHUNK_SIZE, NTK_STATE_LAMBDA_SCALING, NTK_STATE_LOSS
+    from privkit.unlearn.ntk import NTKState
+
+    t_start = time.perf_counter()
+    x, attrs = dataset.materialize()
+    state = NTKState(params=kind, weight_decay=float(weight_decay), loss=NTK_STATE_LOSS,
+                     lambda_scaling=NTK_STATE_LAMBDA_SCALING,
+                     chunk_size=int(chunk_size or DEFAULT_NTK_CHUNK_SIZE))
+    state.fit(model, w0, x, attrs[:, target_index])
+    return state, time.perf_counter() - t_start
+
+
+def save_ntk_state(folder: str | Path, state) -> str:
+    """Write ``ntk_state.safetensors`` into ``folder`` (write, then rename); return its SHA-256."""
+    folder = Path(folder)
+    partial = folder / (NTK_STATE_FILE + ".partial")
+    state.save(partial)
+    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    os.replace(partial, folder / NTK_STATE_FILE)
+    return digest
+
+
+def ntk_state_meta(state, sha256: str, data_fingerprint: str, fit_seconds: float) -> dict[str, Any]:
+    """The ``meta.json`` keys describing a kept NTK state (:data:`NTK_STATE_KEYS`)."""
+    return {"ntk_state_file": NTK_STATE_FILE, "ntk_state_sha256": sha256,
+            "ntk_state_data_fingerprint": data_fingerprint, "ntk_state_fit_seconds": float(fit_seconds),
+            "ntk_state_params": state.params, "ntk_state_weight_decay": float(state.weight_decay)}
+
+
+def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None = None):
+    """The kept NTK state of a run folder, verified; ``None`` when the run keeps none.
+
+    Raises :class:`~privkit.errors.ArtifactError` when ``meta.json`` names a state that is missing,
+    not a safetensors file, does not match ``ntk_state_sha256``, or (given ``data_fingerprint``)
+    covers other samples than the model's training data.
+    """
+    from privkit.io.artifacts import verify_safetensors_file
+    from privkit.unlearn.ntk import NTKState
+
+    if not meta.get("ntk_state_sha256"):
+        return None
+    name = str(meta.get("ntk_state_file") or NTK_STATE_FILE)
+    if Path(name).name != name:
+        raise ArtifactError(f"meta.json names the NTK state {name!r}, which is not a file of the run folder; "
+                            f"the artifact was modified, re-create it")
+    path = Path(folder) / name
+    verify_safetensors_file(path)
+    if hashlib.sha256(path.read_bytes()).hexdigest() != meta["ntk_state_sha256"]:
+        raise ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is "
+                            f"corrupt (delete ntk_state_* from meta.json to fall back to one-shot fast-ntk)")
+    if data_fingerprint is not None and meta.get("ntk_state_data_fingerprint") != data_fingerprint:
+        raise ArtifactError(f"{path} was fitted on other samples than the training data of this model; use the "
+                            f"same --data and --size as `privkit train`, or re-create the run")
+    return NTKState.load(path)
 
 
 def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: str | None = None, peft: str = "bn",
