@@ -69,7 +69,7 @@ def make_npz(path: Path, n: int, dim: int, seed: int = 0) -> None:
         sl = slice(start, min(n, start + 10000))
         x[sl] = centres[identity[sl]] + rng.normal(size=(sl.stop - sl.start, dim)).astype(np.float32)
         x[sl, 0] += 2.0 * label[sl]
-    np.savez(path, x=x, identity=np.array([f"p{i}" for i in identity]), label=label, **{"identity_attribute": np.array("identity")})
+    np.savez(path, x=x, person=np.array([f"p{i}" for i in identity]), label=label, identity=np.array("person"))
 
 
 def fit_artifacts(work: Path, dim: int) -> None:
@@ -83,10 +83,10 @@ def fit_artifacts(work: Path, dim: int) -> None:
     from typer.testing import CliRunner
 
     runner = CliRunner()
-    r = runner.invoke(app, ["suppress", "--data", str(small), "--attrs", "identity", "--preserve", "label",
+    r = runner.invoke(app, ["suppress", "--data", str(small), "--attrs", "person", "--preserve", "label",
                             "--epochs", "1", "--out", str(work / "mass")])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["anonymize", "--data", str(small), "--sensitive", "identity", "--keep", "label",
+    r = runner.invoke(app, ["anonymize", "--data", str(small), "--sensitive", "person", "--keep", "label",
                             "--k", "3", "--out", str(work / "anon")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train", "--data", str(small), "--target", "label", "--epochs", "1", "--out", str(work / "model")])

@@ -55,6 +55,48 @@ def audit_models(unlearned: torch.nn.Module, reference: torch.nn.Module | None, 
                               samples=samples, seed=seed, clip=_value_range(request.dataset), **heldout)
 
 
+def audit_request(model_dir, data_spec: str, forget_spec: str, *, data_seed: int = 0, size: int | None = None):
+    """The deletion request an unlearned model answered: its forget set, retain set and test split.
+
+    ``prepare_request`` on an unlearned run treats that run as the start of a *further* request: the
+    samples it forgot are removed from its training data first (``forgotten_ids``), so ``--forget``
+    would select among what it still holds (``class=3`` matches nothing, ``random=0.1`` picks other
+    samples). The audit needs the samples it *forgot*, so the request is rebuilt from the model it was
+    unlearned from (``meta.json`` ``unlearn.model``) and checked against the forget set it recorded
+    (``forget_ids_sha256``); the audited model then replaces that model in the request.
+    """
+    import json
+
+    from privkit.errors import ArtifactError
+    from privkit.models import load_model
+    from privkit.unlearn.receipt import forget_ids_sha256
+    from privkit.unlearn.run import prepare_request
+
+    meta_path = Path(model_dir) / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{meta_path} is missing; --model must be a finished run folder") from None
+    except ValueError:
+        raise ArtifactError(f"{meta_path} is not valid JSON; the run is corrupt, re-create it") from None
+    if not (meta.get("unlearned_by") and meta.get("forgotten_ids") is not None):
+        # a trained (not unlearned) model: its training data is the whole training split
+        return prepare_request(model_dir, data_spec, forget_spec, data_seed=data_seed, size=size, dataset=None)
+    origin = (meta.get("unlearn") or {}).get("model")
+    if not origin or not Path(origin).is_dir():
+        raise ArtifactError(f"{model_dir} was unlearned from {origin!r}, which is not a folder here; run the audit "
+                            f"from the directory `privkit unlearn` ran in, so the forget set can be rebuilt")
+    request = prepare_request(origin, data_spec, forget_spec, data_seed=data_seed, size=size, dataset=None)
+    if meta.get("forget_ids_sha256") and forget_ids_sha256(request.forget_ids) != meta["forget_ids_sha256"]:
+        raise ConfigError(f"--forget {forget_spec} selects other samples than {model_dir} forgot; use the --forget "
+                          f"and --data-seed of the `privkit unlearn` run")
+    model, meta = load_model(model_dir)
+    request.model = model
+    request.start_model = model
+    request.meta = meta
+    return request
+
+
 def _curve_figure(results: dict[str, ResidualResult]):
     fig = new_figure(6, 3.6)
     ax = fig.add_subplot(111)
@@ -132,13 +174,13 @@ def audit_residual_run(model_dir: Path, data_spec: str, forget_spec: str, out: P
     from privkit.data.schema import Schema
     from privkit.io.rundir import RunDir
     from privkit.models import load_model, model_meta, save_model
-    from privkit.unlearn.run import prepare_request, run_method
+    from privkit.unlearn.run import run_method
 
     taus = parse_taus(taus)
     _check_config(taus, norm, sampler, samples, 0.95, "bootstrap", (0.0, 1.0))
     if headline_tau is not None and not any(math.isclose(headline_tau, t) for t in taus):
         raise ConfigError(f"--headline-tau {headline_tau:g} is not in --tau {taus}; add it to the grid")
-    request = prepare_request(model_dir, data_spec, forget_spec, data_seed=data_seed, size=size, dataset=None)
+    request = audit_request(model_dir, data_spec, forget_spec, data_seed=data_seed, size=size)
     reference = None
     if reference_dir is not None:
         reference, ref_meta = load_model(reference_dir)
@@ -187,7 +229,9 @@ def audit_residual_run(model_dir: Path, data_spec: str, forget_spec: str, out: P
             meta = model_meta(fixed, request.dataset.schema, target=request.context.target,
                               config=request.meta.get("config", {}), metrics={"TA": ta["after"]},
                               data_fingerprint=request.meta.get("data_fingerprint", ""),
-                              extra={"unlearned_by": "rurk", "fixed_from": str(model_dir)})
+                              extra={"unlearned_by": "rurk", "fixed_from": str(model_dir),
+                                     **{k: request.meta[k] for k in ("unlearn", "forget_ids_sha256", "forgotten_ids",
+                                                                     "retain_fingerprint") if k in request.meta}})
             save_model(fixed_dir, fixed, meta)
             from privkit.io.atomic import atomic_write_json
 

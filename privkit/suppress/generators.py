@@ -105,8 +105,25 @@ class _NoiseBias(nn.Module):
         return h + b.view(*b.shape, *([1] * self.spatial_dims))
 
 
+class _GlobalContext(nn.Module):
+    """``h + W mean(h)``: every position sees a summary of the whole sample.
+
+    Convolutions only see a local window, but much of what identifies a person is global (a
+    constant offset such as how a phone sits in a pocket, overall pitch or brightness). Without
+    this path the generator cannot estimate such a quantity, so it cannot remove it.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        g = self.proj(h.flatten(2).mean(-1))
+        return h + g.view(*g.shape, *([1] * (h.dim() - 2)))
+
+
 class _ConvResidualNet(nn.Module):
-    """Stem -> residual blocks (with noise bias) -> head; 1-D or 2-D convolutions.
+    """Stem -> residual blocks (with noise bias and global context) -> head; 1-D or 2-D convolutions.
 
     ``down`` > 1 runs the blocks at a coarser resolution (strided stem, transposed-conv head), which
     keeps long waveforms affordable on a CPU.
@@ -130,13 +147,14 @@ class _ConvResidualNet(nn.Module):
             dil = 2 ** i if dims == 1 else 1  # growing receptive field along time
             self.blocks.append(nn.Sequential(nn.GELU(), conv(width, width, kernel, padding=pad * dil, dilation=dil),
                                              nn.GELU(), conv(width, width, kernel, padding=pad * dil, dilation=dil)))
+        self.context = nn.ModuleList(_GlobalContext(width) for _ in range(blocks))
         self.act = nn.GELU()
         _small_init(self.head, init_scale)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         h = self.noise(self.stem(x), z)
-        for block in self.blocks:
-            h = h + block(h)
+        for block, context in zip(self.blocks, self.context):
+            h = context(h + block(h))
         r = self.head(self.act(h))
         if r.shape[-1] != x.shape[-1] or r.shape[-2] != x.shape[-2]:
             r = _fit_length(r, x.shape[2:])

@@ -158,8 +158,59 @@ def info_nce(f1: torch.Tensor, f2: torch.Tensor, temperature: float = NCE_TEMPER
     return 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.t(), target))
 
 
-def _classifier_key(attr: str) -> str:
-    return f"clf_{attr}"
+def _classifier_key(attr: str, kind: str = "model") -> str:
+    return f"clf_{attr}" if kind == "model" else f"adv_{attr}_{kind}"
+
+
+class FlatAdversary(nn.Module):
+    """Linear or MLP adversary on flattened, standardised inputs (audio: on log-mel spectrograms).
+
+    The same families as the audit's fresh ``linear`` / ``mlp`` attackers
+    (:mod:`privkit.evaluate.attackers`): :math:`I(X'; S) \ge H(S) - \mathrm{CE}_S` holds for every
+    classifier, so the bound is only as tight as the best family the generator faces. A generator
+    trained against one convolutional classifier learns to hide the attribute from that classifier
+    while leaving it linearly decodable.
+    """
+
+    def __init__(self, schema: Schema, num_classes: int, hidden: int = 0):
+        super().__init__()
+        if schema.modality == "audio":
+            from privkit.models.classifiers import LogMel
+
+            self.frontend: nn.Module = LogMel(schema.sample_rate or 8000)
+        else:
+            self.frontend = nn.Identity()
+        with torch.no_grad():
+            d = self.frontend(torch.zeros(1, *schema.input_shape)).numel()
+        self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("std", torch.ones(d))
+        self.body = (nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)) if hidden
+                     else nn.Linear(d, num_classes))
+
+    @torch.no_grad()
+    def fit_scaler(self, x: torch.Tensor) -> None:
+        f = self.frontend(x).flatten(1)
+        self.mean.copy_(f.mean(0))
+        self.std.copy_(f.std(0) + 1e-4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((self.frontend(x).flatten(1) - self.mean) / self.std)
+
+
+ADVERSARY_KINDS = ("model", "linear", "mlp")
+
+
+def create_adversary(kind: str, schema: Schema, num_classes: int) -> nn.Module:
+    """``model``: the modality's default classifier; ``linear`` / ``mlp``: :class:`FlatAdversary`."""
+    if kind == "model":
+        from privkit.models import create
+
+        return create(None, schema, num_classes)
+    if kind == "linear":
+        return FlatAdversary(schema, num_classes)
+    if kind == "mlp":
+        return FlatAdversary(schema, num_classes, hidden=256)
+    raise ConfigError(f"unknown adversary {kind!r}; known adversaries: {', '.join(ADVERSARY_KINDS)}")
 
 
 class MaSSTask(TrainTask):
@@ -169,17 +220,21 @@ class MaSSTask(TrainTask):
     loop checkpoints, resumes and (under ``torchrun``) data-parallelises all of them together.
     """
 
-    def __init__(self, generator: nn.Module, feature_net: nn.Module, classifiers: dict[str, nn.Module],
+    def __init__(self, generator: nn.Module, feature_net: nn.Module, classifiers: dict[tuple[str, str], nn.Module],
                  schema: Schema, budgets: dict[str, Any], noise_dim: int, lr: float, classifier_lr: float,
                  nce_weight: float, classifier_steps: int = 1):
+        # classifiers: {(attribute, kind): module}; a suppressed attribute may face several kinds
         self.nets = {"generator": generator, "features": feature_net}
-        for attr, clf in classifiers.items():
-            self.nets[_classifier_key(attr)] = clf
+        self.keys: list[tuple[str, str, str]] = []  # (net key, attribute, kind)
+        for (attr, kind), clf in classifiers.items():
+            key = _classifier_key(attr, kind)
+            self.nets[key] = clf
+            self.keys.append((key, attr, kind))
         gen_params = list(generator.parameters()) + list(feature_net.parameters())
         clf_params = [p for c in classifiers.values() for p in c.parameters()]
         self.optimizers = {"generator": torch.optim.Adam(gen_params, lr=lr),
                            "classifiers": torch.optim.Adam(clf_params, lr=classifier_lr)}
-        self.columns = {a: schema.index(a) for a in classifiers}
+        self.columns = {a: schema.index(a) for a, _ in classifiers}
         self.suppress = budgets["suppress"]
         self.preserve = budgets["preserve"]
         self.entropy = budgets["entropy"]
@@ -200,17 +255,19 @@ class MaSSTask(TrainTask):
 
         # (a) generator step: constraint penalties through the current classifiers + InfoNCE
         loss = x_rel.new_zeros(())
-        for attr, col in self.columns.items():
-            clf = self.nets[_classifier_key(attr)]
+        for key, attr, kind in self.keys:
+            clf = self.nets[key]
             clf.train()
+            col = self.columns[attr]
             ce = nn.functional.cross_entropy(clf(x_rel), attrs[:, col])
             if attr in self.m:
+                # one penalty per adversary family: the leakage bound is the tightest of them
                 v = torch.clamp(ce - self.entropy[attr] + self.m[attr], max=0.0)  # v_s = min(CE - H + m, 0)
                 loss = loss + v ** 2 + v.abs()
             else:
                 w = torch.clamp(ce - self.entropy[attr] + self.n[attr], min=0.0)  # w_u = max(CE - H + n, 0)
                 loss = loss + w ** 2 + w.abs()
-            stats[f"ce_{attr}"] = float(ce.detach())
+            stats[f"ce_{attr}" if kind == "model" else f"ce_{attr}_{kind}"] = float(ce.detach())
         if self.nce_weight > 0 and len(x) > 1:
             # one forward over [x; x'] (a DDP module must not run twice before backward)
             f = feat(torch.cat([x, x_rel]))
@@ -230,11 +287,12 @@ class MaSSTask(TrainTask):
         for _ in range(self.classifier_steps):
             opt_c.zero_grad(set_to_none=True)
             loss_c = x_det.new_zeros(())
-            for attr, col in self.columns.items():
-                clf = self.nets[_classifier_key(attr)]
-                logits = clf(x_det)
+            for key, attr, kind in self.keys:
+                col = self.columns[attr]
+                logits = self.nets[key](x_det)
                 loss_c = loss_c + nn.functional.cross_entropy(logits, attrs[:, col])
-                stats[f"acc_{attr}"] = float((logits.argmax(1) == attrs[:, col]).float().mean())
+                name = f"acc_{attr}" if kind == "model" else f"acc_{attr}_{kind}"
+                stats[name] = float((logits.argmax(1) == attrs[:, col]).float().mean())
             loss_c.backward()
             opt_c.step()
         return stats

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
@@ -131,6 +132,18 @@ class UnlearnContext:
         Show progress bars.
     info : dict
         Filled by the method: anything worth reporting (NTK timings, mask size, ...).
+    model_dir : Path or None
+        Run folder of the model being unlearned (where a kept NTK state lives); ``None`` when the
+        model did not come from a run folder.
+    model_meta : dict
+        That folder's ``meta.json`` (``ntk_state_*`` keys describe a kept NTK state).
+    train_fingerprint, n_train : str or None, int or None
+        Fingerprint and number of the samples the model was trained on, :math:`D = D_r \\cup D_f`
+        (what a kept NTK state must cover).
+    ntk_state_out : PendingStateCommit or None
+        Filled by ``ntk``/``fast-ntk`` on the kept-state path: the state, to be downdated to
+        :math:`D_r` (``.commit()``) and kept by the unlearned run folder so the next request is
+        cheap too.
     """
 
     target: str
@@ -139,6 +152,11 @@ class UnlearnContext:
     seed: int = 0
     progress: bool = False
     info: dict = field(default_factory=dict)
+    model_dir: Path | None = None
+    model_meta: dict = field(default_factory=dict)
+    train_fingerprint: str | None = None
+    n_train: int | None = None
+    ntk_state_out: Any = None
 
     def target_index(self, dataset) -> int:
         return dataset.schema.index(self.target)

@@ -13,17 +13,52 @@ model's pretrained PEFT values (``w0.safetensors``, in ``context.w0``) for a mod
 ``--peft``; for an ordinarily trained model no :math:`w_0` exists and the step linearises at the
 trained weights (what the reference notebook does in practice). :math:`wd` is the recipe's
 w0-penalty (``anchor_penalty``), else its weight decay, else ``5e-4``.
+
+**Kept state** (issue point 6). A model trained with ``privkit train --peft`` keeps the NTK state
+over its training data :math:`D` (``ntk_state.safetensors``, see :mod:`privkit.unlearn.peft`):
+:math:`G = J_D^TJ_D`, :math:`b = J_D^Tr_D` and the eigendecomposition of :math:`G`, paid once.
+When the run folder holds a state that answers the same question (same parameters, :math:`w_0`,
+:math:`wd`, residual and :math:`\lambda` scaling, fitted on exactly the model's training samples)
+a request is served by :meth:`~privkit.unlearn.ntk.NTKState.forget`: only the forget set's
+Jacobians :math:`J_f` and the downdate :math:`A_r = G - J_f^TJ_f + \lambda_r I`,
+:math:`b_r = b - J_f^Tr_f` (Woodbury against the kept factor, or Cholesky) -- the retain set is
+never touched. The result equals the one-shot step up to round-off. ``context.info["ntk"]``
+reports ``path`` (``"kept-state"`` or ``"one-shot"``, with ``path_reason``), ``one_off_seconds``
+(the fit at training time; 0 for one-shot) and ``per_request_seconds``. The downdated state (now
+over :math:`D_r`) is handed back in ``context.ntk_state_out`` (a :class:`PendingStateCommit`: the
+downdate is done after the request, as upkeep) so the unlearned run keeps it and the next request
+against the unlearned model is cheap as well.
+
+Which state is refused and which is merely not used: a state whose recipe differs from the one
+asked for (another ``weight_decay``, ``loss``, ``linearise`` or an explicit ``solver``, or
+``kept_state="off"``) is *not used* -- the step runs one-shot and ``path_reason`` says why. A state
+that claims to belong to the model but does not (checksum mismatch, unreadable file, other
+parameters, another :math:`w_0`, other training samples) is *refused* with a one-line
+:class:`~privkit.errors.ArtifactError`, before any output is written: a tampered artifact must
+not silently change what a deletion request does.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
-from privkit.errors import ConfigError
+from privkit.errors import ArtifactError, ConfigError
 from privkit.unlearn.base import UnlearnContext, copy_model, fresh_model_like, register_unlearner
 
-__all__ = ["NTKUnlearner", "FastNTKUnlearner", "fast_ntk_kind"]
+__all__ = ["NTKUnlearner", "FastNTKUnlearner", "fast_ntk_kind", "DEFAULT_NTK_CHUNK_SIZE", "NTK_STATE_LOSS",
+           "NTK_STATE_LAMBDA_SCALING", "KEPT_STATE_MODES", "PendingStateCommit"]
+
+#: Defaults of the methods below, which the state kept at training time is fitted with.
+DEFAULT_NTK_CHUNK_SIZE = 32
+NTK_STATE_LOSS = "ce"
+NTK_STATE_LAMBDA_SCALING = "per-set"  # lambda_S = |S| wd, as ntk_unlearn's default
+KEPT_STATE_MODES = ("auto", "off")
 
 
 def fast_ntk_kind(model: nn.Module, recipe_peft: str | None = None) -> str:
@@ -51,34 +86,122 @@ def _x_y(dataset, target_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, attrs[:, target_index]
 
 
+@dataclass
+class PendingStateCommit:
+    """A kept NTK state that served a request and still has to be downdated to :math:`D_r`.
+
+    :meth:`commit` removes the forget set from the state (:math:`G \\leftarrow G - J_f^TJ_f`,
+    :math:`b \\leftarrow b - J_f^Tr_f`, re-factorising when enough rows were removed) so the unlearned
+    run can keep it and serve the next request against the unlearned model. ``privkit unlearn``
+    times it apart from the request (``ntk_costs["upkeep_seconds"]``).
+    """
+
+    state: Any
+    model: nn.Module
+    forget_x: torch.Tensor
+    forget_y: torch.Tensor
+
+    def commit(self) -> tuple[Any, float]:
+        """Downdate the state in place; returns ``(state, seconds)``."""
+        t_start = time.perf_counter()
+        self.state.forget(self.model, self.forget_x, self.forget_y, commit=True)
+        return self.state, time.perf_counter() - t_start
+
+
+def _import_torch_func() -> None:
+    """Run torch.func once on a scalar, so its lazy imports happen now.
+
+    The first torch.func transform in a process imports ``torch._dynamo`` (seconds on a CPU). That
+    is start-up, like ``import torch``, not work of a deletion request: ``privkit unlearn`` calls
+    ``check`` before it starts the clock, so ``RTE`` measures the request (either path) itself.
+    """
+    torch.func.vmap(torch.func.jacrev(torch.sin))(torch.zeros(1, 1))
+
+
 class _NTKBase:
     params_kind = "all"
 
     def __init__(self, scale: float | str = 1.0, weight_decay: float | None = None, solver: str = "auto",
-                 chunk_size: int = 32, loss: str = "ce", linearise: str = "auto"):
+                 chunk_size: int = DEFAULT_NTK_CHUNK_SIZE, loss: str = NTK_STATE_LOSS, linearise: str = "auto",
+                 kept_state: str = "auto"):
         self.scale = scale
         self.linearise = linearise
         self.weight_decay = weight_decay
         self.solver = solver
         self.chunk_size = chunk_size
         self.loss = loss
+        self.kept_state = kept_state
 
     def _kind(self, model: nn.Module, context: UnlearnContext) -> str:
         return "all"
 
+    def _weight_decay(self, context: UnlearnContext) -> float:
+        return float(self.weight_decay) if self.weight_decay is not None else context.recipe.ntk_weight_decay
+
     def check(self, model: nn.Module, context: UnlearnContext) -> None:
-        """Refuse, before anything runs, a model this method cannot handle."""
+        """Refuse, before anything runs, a model this method cannot handle or a broken kept state."""
         from privkit.unlearn.jacobian import select_parameters
 
-        select_parameters(model, self._kind(model, context))
+        kind = self._kind(model, context)
+        selected = select_parameters(model, kind)
+        self._kept_state(selected, kind, context)  # ArtifactError for a state that does not belong to the model
+        _import_torch_func()
 
-    def _w0(self, model: nn.Module, selected: dict, retain, context: UnlearnContext) -> tuple[dict, str]:
-        """The linearisation point and a phrase naming it (see the module docstring)."""
+    def _linearise_mode(self, context: UnlearnContext) -> str:
         mode = self.linearise
         if mode not in ("auto", "pretrained", "init", "trained"):
             raise ConfigError(f"linearise={mode!r}; choose auto, pretrained, init or trained")
         if mode == "auto":
             mode = "pretrained" if context.w0 is not None else "init"
+        return mode
+
+    def _kept_state(self, selected: dict, kind: str, context: UnlearnContext):
+        """``(state, why)``: the verified kept NTK state that serves this request, or ``None`` and why not.
+
+        Raises ArtifactError for a state that claims to belong to the model but does not (module docstring).
+        """
+        from privkit.unlearn.peft import load_ntk_state
+
+        if self.kept_state not in KEPT_STATE_MODES:
+            raise ConfigError(f"kept_state={self.kept_state!r}; choose one of {', '.join(KEPT_STATE_MODES)}")
+        meta = context.model_meta or {}
+        if self.kept_state == "off":
+            return None, "kept_state='off' was asked for"
+        if context.model_dir is None or not meta.get("ntk_state_sha256"):
+            return None, "the model's run folder keeps no NTK state (trained without one, or unlearned by a " \
+                         "method that does not carry it)"
+        if meta.get("ntk_state_params") != kind:
+            return None, f"the kept state covers the {meta.get('ntk_state_params')!r} parameters, this method " \
+                         f"updates {kind!r}"
+        mode = self._linearise_mode(context)
+        if mode != "pretrained":
+            return None, f"linearise={mode!r} was asked for; the kept state is linearised at w0"
+        if self.solver != "auto":
+            return None, f"solver={self.solver!r} was asked for; the kept state is its own primal solver"
+        wd = self._weight_decay(context)
+        if not math.isclose(wd, float(meta.get("ntk_state_weight_decay", float("nan"))), rel_tol=1e-12):
+            return None, f"weight_decay={wd:g} was asked for; the kept state uses {meta.get('ntk_state_weight_decay')}"
+        state = load_ntk_state(context.model_dir, meta, data_fingerprint=context.train_fingerprint)
+        if state.loss != self.loss or state.lambda_scaling != NTK_STATE_LAMBDA_SCALING:
+            return None, f"loss={self.loss!r} was asked for; the kept state uses loss={state.loss!r}, " \
+                         f"lambda_scaling={state.lambda_scaling!r}"
+        where = f"the NTK state of {context.model_dir}"
+        if context.n_train is not None and state.n_samples_ != context.n_train:
+            raise ArtifactError(f"{where} covers {state.n_samples_} samples but the model was trained on "
+                                f"{context.n_train}; the artifact was modified, re-create it")
+        shapes = [list(p.shape) for p in selected.values()]
+        if state.param_names_ != list(selected) or state.param_shapes_ != shapes:
+            raise ArtifactError(f"{where} was fitted for other parameters than the model's {kind!r} parameters; "
+                                f"the artifact was modified, re-create it with `privkit train --peft`")
+        w0 = torch.cat([context.w0.get(n, p).detach().reshape(-1).to(state.w0_.dtype) for n, p in selected.items()])
+        if not torch.equal(w0, state.w0_):
+            raise ArtifactError(f"{where} was linearised at another w0 than the model's w0.safetensors; "
+                                f"the artifact was modified, re-create it with `privkit train --peft`")
+        return state, f"{where} covers the model's {state.n_samples_} training samples with the same recipe"
+
+    def _w0(self, model: nn.Module, selected: dict, retain, context: UnlearnContext) -> tuple[dict, str]:
+        """The linearisation point and a phrase naming it (see the module docstring)."""
+        mode = self._linearise_mode(context)
         if mode == "pretrained":
             if context.w0 is None:
                 raise ConfigError("linearise='pretrained' needs a model trained with --peft (its w0.safetensors)")
@@ -97,19 +220,42 @@ class _NTKBase:
         from privkit.unlearn.jacobian import select_parameters
         from privkit.unlearn.ntk import ntk_unlearn
 
+        t_start = time.perf_counter()
+        context.ntk_state_out = None
+        if not (isinstance(self.scale, (int, float)) or self.scale == "trapezium"):
+            raise ConfigError(f"scale must be a number or 'trapezium', got {self.scale!r}")
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
         w0, point = self._w0(model, selected, retain, context)
-        wd = float(self.weight_decay) if self.weight_decay is not None else context.recipe.ntk_weight_decay
+        wd = self._weight_decay(context)
         t = context.target_index(retain)
-        retain_x, retain_y = _x_y(retain, t)
         forget_x, forget_y = _x_y(forget, t)
-        updated, info = ntk_unlearn(copy_model(model), w0, retain_x, retain_y, forget_x, forget_y, params=kind,
-                                    weight_decay=wd, scale=self.scale, solver=self.solver, chunk_size=self.chunk_size,
-                                    loss=self.loss, inplace=True)
+        state, why = self._kept_state(selected, kind, context)
+        if state is not None:
+            # only the forget set's Jacobians and a downdate; the state is moved to D_r afterwards, off the
+            # request's clock (PendingStateCommit), because that may re-factorise the P x P system for later
+            # Woodbury downdates, which this request does not need
+            t_loaded = time.perf_counter()
+            updated, info = state.forget(copy_model(model), forget_x, forget_y, scale=self.scale, method="auto",
+                                         commit=False, inplace=True)
+            per_request = dict(info["timings"]["per_request"])
+            per_request["load_state"] = t_loaded - t_start
+            info["timings"] = per_request
+            one_off = float(context.model_meta["ntk_state_fit_seconds"])
+            context.ntk_state_out = PendingStateCommit(state, model, forget_x, forget_y)
+        else:
+            retain_x, retain_y = _x_y(retain, t)
+            updated, info = ntk_unlearn(copy_model(model), w0, retain_x, retain_y, forget_x, forget_y, params=kind,
+                                        weight_decay=wd, scale=self.scale, solver=self.solver,
+                                        chunk_size=self.chunk_size, loss=self.loss, inplace=True)
+            one_off = 0.0  # nothing is kept: every request pays for the Jacobians over all of D
         info = {k: v for k, v in info.items() if k != "delta"}
         info["linearisation_point"] = point
         info["weight_decay"] = wd
+        info["path"] = "kept-state" if state is not None else "one-shot"
+        info["path_reason"] = why
+        info["one_off_seconds"] = one_off
+        info["per_request_seconds"] = time.perf_counter() - t_start
         context.info["ntk"] = info
         updated.eval()
         return updated
@@ -130,6 +276,11 @@ class NTKUnlearner(_NTKBase):
         Samples per vmapped Jacobian call.
     loss : {"ce", "mse"}
         Residual definition.
+    linearise : {"auto", "pretrained", "init", "trained"}
+        Linearisation point (module docstring).
+    kept_state : {"auto", "off"}
+        ``auto`` serves the request from the run folder's kept NTK state when it matches (module
+        docstring), else one-shot; ``off`` always runs one-shot.
     """
 
 

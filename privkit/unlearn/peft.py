@@ -168,8 +168,8 @@ def fit_ntk_state(model: nn.Module, w0: dict[str, torch.Tensor], dataset, target
 
     The recipe is the one of :class:`~privkit.unlearn.methods_ntk.FastNTKUnlearner` with its defaults:
     Jacobians of the ``kind`` parameters at :math:`w_0` (other parameters and BatchNorm statistics as
-    in ``model``), residual :math:`\mathrm{onehot}(y) - \mathrm{softmax}(f_0(x))`,
-    :math:`\lambda_S = |S|\,wd` with :math:`wd` = ``weight_decay``.
+    in ``model``), residual :math:`\\mathrm{onehot}(y) - \\mathrm{softmax}(f_0(x))`,
+    :math:`\\lambda_S = |S|\\,wd` with :math:`wd` = ``weight_decay``.
 
     Returns
     -------
@@ -233,15 +233,35 @@ def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None 
     return NTKState.load(path)
 
 
+def _ntk_state_memory_problem(model: nn.Module, names: list[str], n_samples: int, n_classes: int) -> str | None:
+    """Why the NTK state would not fit in memory (the memory guard's message), or ``None`` if it fits."""
+    from privkit.errors import ResourceError
+    from privkit.unlearn.methods_ntk import DEFAULT_NTK_CHUNK_SIZE
+    from privkit.unlearn.ntk import check_memory
+
+    params = dict(model.named_parameters())
+    n_params = sum(params[n].numel() for n in names)
+    try:
+        check_memory(n_samples, n_classes, n_params, "state", DEFAULT_NTK_CHUNK_SIZE, params[names[0]].dtype)
+    except ResourceError as exc:
+        return str(exc)
+    return None
+
+
 def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: str | None = None, peft: str = "bn",
                    epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                    data_seed: int = 0, size: int | None = None, resume: bool = False, overwrite: bool = False,
-                   progress: bool = True, pretrain_epochs: int | None = None, model_kwargs: dict | None = None) -> Path:
+                   progress: bool = True, pretrain_epochs: int | None = None, model_kwargs: dict | None = None,
+                   keep_ntk_state: bool = True) -> Path:
     """Pretrain on one half of the training split, fine-tune the PEFT parameters on the other half.
 
     Writes a classifier artifact (``load_model`` works on it) plus ``w0.safetensors``; ``meta.json``
     records ``peft``, the recipe (``optim`` with ``anchor_penalty`` and ``trainable``) and
-    ``pretrain_fraction``. Every input check happens before the run folder is created.
+    ``pretrain_fraction``. With ``keep_ntk_state`` (default) it also fits and saves the NTK state over
+    the fine-tuning data (``ntk_state.safetensors``, one-off cost in ``meta.json`` and ``metrics.json``
+    as ``ntk_state_fit_seconds``) so ``fast-ntk`` requests need only the forget set's Jacobians; a state
+    that would not fit in memory is skipped (the report says why) and ``fast-ntk`` then runs one-shot.
+    Every input check happens before the run folder is created.
     """
     from privkit.classify import TEST_FRACTION, VAL_FRACTION, add_evaluation, classifier_split, evaluate_predictions
     from privkit.evaluate.report import Report
@@ -276,6 +296,9 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
     pre_loop.validate()
     fine_loop.validate()
     cfg = ClassifierConfig(lr=lr, weight_decay=anchor, anchor_penalty=anchor, trainable=names)
+    state_skipped = None
+    if keep_ntk_state:
+        state_skipped = _ntk_state_memory_problem(model, names, len(fine_idx), attribute.num_classes)
     config: dict[str, Any] = {
         "data": str(data_spec), "size": size, "target": target, "model": model_name, "model_kwargs": dict(model_kwargs or {}),
         "epochs": epochs, "batch_size": batch_size, "seed": seed, "data_seed": data_seed,
@@ -305,10 +328,23 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
         report.table("pretraining history", list(pre_history[0].keys()), [list(h.values()) for h in pre_history])
         report.table("fine-tuning history", list(history[0].keys()), [list(h.values()) for h in history])
         w0_sha = save_w0(run.path, w0)
+        state_meta: dict[str, Any] = {}
+        if keep_ntk_state and state_skipped is None:
+            run.log("fitting the NTK state over the fine-tuning data (one-off cost of fast-ntk)")
+            state, fit_seconds = fit_ntk_state(model, w0, fine_set, ds.schema.index(target), peft, anchor)
+            state_meta = ntk_state_meta(state, save_ntk_state(run.path, state), fine_set.fingerprint(), fit_seconds)
+            report.set_metric("ntk_state_fit_seconds", fit_seconds)
+            report.text(f"Fitted the NTK state of fast-ntk over the {len(fine_idx)} fine-tuning samples in "
+                        f"{fit_seconds:.2f} s, once: J^T J + lambda I and J^T r of the {n_peft} {peft} + head "
+                        f"parameters at w0 (saved in {NTK_STATE_FILE}). A deletion request then needs only the "
+                        f"forget set's Jacobians and a downdate.", title="Kept NTK state (one-off cost)")
+        elif keep_ntk_state:
+            report.text(f"The NTK state was not kept: {state_skipped}. fast-ntk runs one-shot on this model.",
+                        title="Kept NTK state (one-off cost)")
         meta = model_meta(model, ds.schema, target=target, config=config, metrics=report.to_dict(),
                           data_fingerprint=fine_set.fingerprint(),
                           extra={"split_fingerprint": ds.fingerprint(), "history": history, "peft": peft,
-                                 "w0_file": W0_FILE, "w0_sha256": w0_sha, "peft_parameters": names})
+                                 "w0_file": W0_FILE, "w0_sha256": w0_sha, "peft_parameters": names, **state_meta})
         save_model(run.path, model, meta)
         report.write(run.path)
         run.finish()

@@ -10,11 +10,18 @@ with one line and writes nothing):
    (``data_fingerprint``);
 3. rebuild the split ``classifier_split(ds, target, data_seed)`` and select the forget set
    *inside the training samples* with ``select_forget(train, spec, target=target, seed=data_seed)``;
-   ``ids=FILE`` indexes the full dataset as ``privkit datasets info`` numbers them;
+   ``ids=FILE`` indexes the full dataset as ``privkit datasets info`` numbers them. When ``--model``
+   is itself an unlearned run, its training data is what it still holds: the samples it (and the
+   runs before it) forgot are removed first (``forgotten_ids`` in its ``meta.json``), so requests
+   can be chained;
 4. run the method (timed: ``RTE``), optionally retrain in the same command (``--compare-retrain``)
    or read a retrain run (``--reference``), compute the metrics, write the unlearned model (a
    loadable classifier artifact with ``unlearned_by``), ``metrics.json`` + ``report.html`` and
-   ``receipt.json``.
+   ``receipt.json``. For ``ntk``/``fast-ntk`` served from a kept NTK state the downdated state is
+   saved in the run folder too (``ntk_state.safetensors``), so the next request is cheap; the
+   report, ``meta.json`` and the receipt show the one-off cost (the state's fit at training time)
+   apart from the per-request cost (``ntk_costs``). ``metrics.json`` keeps exactly the
+   :data:`~privkit.unlearn.metrics.METRIC_KEYS`.
 """
 
 from __future__ import annotations
@@ -97,11 +104,13 @@ def prepare_request(model_dir: str | Path, data_spec: str, forget_spec: str, *, 
     if meta.get("data_fingerprint") and train.fingerprint() != meta["data_fingerprint"]:
         raise DataError(f"the training samples of --data {data_spec} differ from those {model_dir} was trained on; "
                         f"use the same data (and --size) as `privkit train`")
+    train = _still_held(train, meta, model_dir)
     forget_pos, retain_pos = select_forget(train, forget_spec, target=target, seed=data_seed)
     recipe = TrainingRecipe.from_config(config)
     w0 = load_w0(model_dir, meta)
     context = UnlearnContext(target=target, recipe=recipe, w0=w0, seed=int(recipe.seed if seed is None else seed),
-                             progress=progress)
+                             progress=progress, model_dir=Path(model_dir), model_meta=meta,
+                             train_fingerprint=train.fingerprint(), n_train=len(train))
     start = model
     if from_run is not None:
         start, from_meta = load_model(from_run)
@@ -121,15 +130,40 @@ def prepare_request(model_dir: str | Path, data_spec: str, forget_spec: str, *, 
                           context=context, start_model=start)
 
 
+def _still_held(train, meta: dict, model_dir) -> Any:
+    """The training samples an (unlearned) model still holds: ``train`` minus its ``forgotten_ids``."""
+    forgotten = meta.get("forgotten_ids")
+    if not meta.get("unlearned_by") or forgotten is None:
+        return train
+    forgotten = np.asarray(forgotten, dtype=np.int64)
+    held = ~np.isin(train.base_indices, forgotten)
+    if int((~held).sum()) != forgotten.size:
+        raise ArtifactError(f"{model_dir} forgot samples outside its training data (meta.json 'forgotten_ids'); "
+                            f"the artifact was modified, re-create it")
+    remaining = train.subset(np.nonzero(held)[0])
+    if meta.get("retain_fingerprint") and remaining.fingerprint() != meta["retain_fingerprint"]:
+        raise DataError(f"the samples {model_dir} still holds differ from those it was unlearned on; use the same "
+                        f"data (and --size) as `privkit train`")
+    return remaining
+
+
 def run_method(method, request: UnlearnRequest) -> tuple[torch.nn.Module, float, dict]:
     """Run ``method`` on the request; returns ``(unlearned model, seconds, method info)``."""
     context = request.context
     context.info = {}
+    context.ntk_state_out = None
     torch.manual_seed(context.seed)
     t0 = time.perf_counter()
     out = method.unlearn(request.start_model, request.retain, request.forget, request.val, context=context)
     seconds = time.perf_counter() - t0
     return out, seconds, dict(context.info)
+
+
+def _ntk_costs(ntk: dict, seconds: float) -> dict[str, Any]:
+    """One-off vs per-request cost of an NTK step (``meta.json``/receipt ``ntk_costs``)."""
+    return {"path": ntk.get("path", "one-shot"), "path_reason": ntk.get("path_reason", ""),
+            "one_off_seconds": float(ntk.get("one_off_seconds", 0.0)),
+            "per_request_seconds": float(ntk.get("per_request_seconds", seconds)), "RTE": float(seconds)}
 
 
 def _load_reference(reference: str | Path, request: UnlearnRequest) -> dict:
@@ -188,7 +222,7 @@ def unlearn_run(model_dir: str | Path, data_spec: str, forget_spec: str, method_
     from privkit.evaluate.report import Report
     from privkit.io.rundir import RunDir
     from privkit.models import model_meta, save_model
-    from privkit.unlearn.peft import W0_FILE
+    from privkit.unlearn.peft import W0_FILE, ntk_state_meta, save_ntk_state
 
     # -- validation, nothing written yet ---------------------------------------------------------
     params = dict(method_options or {})
@@ -260,10 +294,26 @@ def unlearn_run(model_dir: str | Path, data_spec: str, forget_spec: str, method_
                         title="Why avg_gap is missing")
         report.table("timing (seconds)", ["step", "seconds"], [[k, v] for k, v in timings.items()])
         ntk = infos.get(method_name, {}).get("ntk")
+        ntk_costs = None
+        state = None
         if ntk:
             report.table("NTK step", ["quantity", "value"],
                          [[k, v] for k, v in ntk.items() if k not in ("timings", "memory")]
                          + [[f"seconds: {k}", v] for k, v in ntk.get("timings", {}).items()])
+            ntk_costs = _ntk_costs(ntk, seconds)
+            kept = ntk_costs["path"] == "kept-state"
+            rows = [["one-off: NTK state over D (J^T J, J^T r, eigendecomposition)", ntk_costs["one_off_seconds"],
+                     "once, by `privkit train --peft`" if kept else "nothing kept: paid inside every request"],
+                    ["per request: forget-set Jacobians + downdated solve" if kept
+                     else "per request: Jacobians over all of D + two solves",
+                     ntk_costs["per_request_seconds"], "every deletion request (RTE)"]]
+            if request.context.ntk_state_out is not None:
+                # move the kept state to D_r for the next request; timed apart from the request itself
+                state, ntk_costs["upkeep_seconds"] = request.context.ntk_state_out.commit()
+                rows.append(["upkeep: downdate the kept state to D_r (and re-factorise when due)",
+                             ntk_costs["upkeep_seconds"], "after every request, so the next one is cheap"])
+            report.table("NTK cost: one-off vs per request (seconds)", ["cost", "seconds", "paid"], rows)
+            report.text(f"Path: {ntk_costs['path']} ({ntk_costs['path_reason']}).", title="NTK path")
         report.text(f"Forgot {len(request.forget)} of {len(request.forget) + len(request.retain)} training samples "
                     f"({forget_spec}, data seed {data_seed}); method {method_name} with seed {request.context.seed}. "
                     f"UA = 100 - forget accuracy; MIA efficacy = % of forget samples an SVC on true-class confidence "
@@ -277,19 +327,31 @@ def unlearn_run(model_dir: str | Path, data_spec: str, forget_spec: str, method_
                           metrics=report.to_dict(), data_fingerprint=request.meta.get("data_fingerprint", ""),
                           extra={"unlearned_by": method_name, "retain_fingerprint": request.retain.fingerprint(), "unlearn": config,
                                  "original_weights_sha256": request.meta.get("weights_sha256"),
-                                 "forget_ids_sha256": forget_ids_sha256(request.forget_ids)})
+                                 "forget_ids_sha256": forget_ids_sha256(request.forget_ids),
+                                 # every sample removed so far (dataset indices): what a further request against
+                                 # this model starts from
+                                 "forgotten_ids": sorted(set(int(i) for i in request.meta.get("forgotten_ids") or [])
+                                                         | set(int(i) for i in request.forget_ids))})
         for key in ("w0_sha256", "w0_file", "peft", "peft_parameters"):
             if key in request.meta:
                 meta[key] = request.meta[key]
+        if ntk_costs is not None:
+            meta["ntk_costs"] = ntk_costs
         if request.context.w0 is not None:
             # keep w0 beside the weights so the unlearned model can serve further NTK requests
             shutil.copyfile(Path(model_dir) / W0_FILE, run.path / W0_FILE)
+        if state is not None:
+            # the state downdated to D_r: the next request against this model needs only its forget set
+            meta.update(ntk_state_meta(state, save_ntk_state(run.path, state), request.retain.fingerprint(),
+                                       float(request.meta["ntk_state_fit_seconds"])))
         save_model(run.path, unlearned, meta)
         report.write(run.path)
         receipt = build_receipt(forget_ids=request.forget_ids, model_before=request.start_model if from_run else request.model,
                                 model_after=unlearned, config=config,
                                 metrics={k: metrics[k] for k in METRIC_KEYS}, verdict=verdict)
         receipt["reference_metrics"] = ref_metrics
+        if ntk_costs is not None:
+            receipt["ntk_costs"] = ntk_costs
         write_receipt(run.path, receipt)
         run.finish()
     return Path(out)

@@ -1,0 +1,150 @@
+"""I2I unlearning: the forget target, the method's effect on embeddings, every baseline, the metrics."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_models import blobs  # noqa: E402
+
+from privkit.errors import ConfigError
+from privkit.generative.metrics import cosine_similarity, frechet_distance, inception_score
+from privkit.generative.models import create_i2i, flatten_embedding
+from privkit.generative.tasks import create_operator
+from privkit.generative.train import I2IConfig, train_i2i
+from privkit.generative.unlearn import (I2IUnlearnContext, I2IRecipe, forget_target, gaussian_like, get_i2i_unlearner,
+                                        list_i2i_unlearners)
+from privkit.train import LoopConfig
+
+
+@pytest.fixture(scope="module")
+def trained():
+    ds = blobs(160, seed=1)
+    op = create_operator("center-crop", 0.5)
+    torch.manual_seed(0)
+    model, _ = train_i2i(create_i2i("unet", ds.schema.input_shape), ds, op, I2IConfig(lr=5e-3),
+                         LoopConfig(epochs=6, batch_size=32, seed=0, progress=False))
+    y = ds.attr("shape")
+    forget, retain = ds.subset(np.nonzero(y == 1)[0]), ds.subset(np.nonzero(y == 0)[0])
+    return model, op, ds, forget, retain
+
+
+def context(op, seed=0):
+    return I2IUnlearnContext(target="shape", operator=op, i2i_recipe=I2IRecipe(epochs=2, batch_size=32, lr=5e-3),
+                             seed=seed, progress=False)
+
+
+def test_gaussian_noise_uses_batch_mean_and_variance_and_is_clipped():
+    torch.manual_seed(0)
+    x = torch.rand(200, 2, 8, 8) * 0.4 + torch.tensor([0.1, 0.5]).view(1, 2, 1, 1)
+    n = gaussian_like(x, torch.Generator().manual_seed(1))
+    assert n.shape == x.shape and n.min() >= 0 and n.max() <= 1
+    for c in range(2):
+        assert abs(float(n[:, c].mean() - x[:, c].mean())) < 0.01
+        assert abs(float(n[:, c].std() - x[:, c].std())) < 0.02
+    clipped = gaussian_like(torch.tensor([[[[0.0, 1.0]]], [[[0.0, 1.0]]]]) * 3 - 1, torch.Generator().manual_seed(0))
+    assert clipped.min() >= 0 and clipped.max() <= 1
+
+
+def test_forget_target_is_the_frozen_encoder_embedding_of_clipped_noise_by_hand():
+    # tiny case: a linear "encoder" (1x1 conv over the 2 input channels), checked against hand arithmetic
+    enc = torch.nn.Conv2d(2, 1, 1)
+    with torch.no_grad():
+        enc.weight[:] = torch.tensor([2.0, -1.0]).view(1, 2, 1, 1)
+        enc.bias[:] = 0.5
+    op = create_operator("center-crop", 2)  # 2x2 hidden centre of a 4x4 image
+    x = torch.tensor([0.2, 0.4, 0.6, 0.8]).repeat_interleave(4).view(1, 1, 4, 4).repeat(2, 1, 1, 1)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    noise, emb = forget_target(enc, op, x, g1)
+    mu, sd = x.mean(), x.std()
+    z = torch.randn(x.shape, generator=g2)
+    expected_noise = (mu + sd * z).clamp(0, 1)
+    assert torch.allclose(noise, expected_noise)
+    m = torch.zeros(4, 4)
+    m[1:3, 1:3] = 1
+    by_hand = 2.0 * expected_noise[:, 0] * (1 - m) - 1.0 * m + 0.5
+    assert torch.allclose(emb, by_hand.flatten(1))
+
+
+def test_unlearning_moves_forget_embeddings_toward_noise_and_keeps_retain(trained):
+    model, op, ds, forget, retain = trained
+    xf, _ = forget.materialize()
+    xr, _ = retain.materialize()
+    with torch.no_grad():
+        # the expected forget target: mean frozen embedding over many noise draws
+        g = torch.Generator().manual_seed(11)
+        target = torch.stack([forget_target(model.encoder, op, xf, g)[1] for _ in range(8)]).mean(0)
+        before_f = ((model.embed(op(xf)) - target) ** 2).mean()
+        r0 = model.embed(op(xr))
+    out = get_i2i_unlearner("li2024", alpha=1.0, epochs=4).unlearn(model, retain, forget, None, context=context(op))
+    with torch.no_grad():
+        after_f = ((out.embed(op(xf)) - target) ** 2).mean()
+        drift_r = ((out.embed(op(xr)) - r0) ** 2).mean()
+        moved_f = ((out.embed(op(xf)) - model.embed(op(xf))) ** 2).mean()
+    assert after_f < 0.6 * before_f, (before_f, after_f)
+    assert drift_r < 0.25 * moved_f, (drift_r, moved_f)
+    # the given model is untouched and the decoder is frozen
+    assert all(torch.equal(a, b) for a, b in zip(out.decoder.state_dict().values(), model.decoder.state_dict().values()))
+    assert not torch.equal(out.encoder.levels[0][0].weight, model.encoder.levels[0][0].weight)
+
+
+def test_alpha_zero_keeps_the_encoder_nearly_fixed(trained):
+    model, op, ds, forget, retain = trained
+    xf, _ = forget.materialize()
+    out = get_i2i_unlearner("li2024", alpha=0.0, epochs=1).unlearn(model, retain, forget, None, context=context(op))
+    out1 = get_i2i_unlearner("li2024", alpha=1.0, epochs=1).unlearn(model, retain, forget, None, context=context(op))
+    with torch.no_grad():
+        d0 = ((out.embed(op(xf)) - model.embed(op(xf))) ** 2).mean()
+        d1 = ((out1.embed(op(xf)) - model.embed(op(xf))) ** 2).mean()
+    assert d0 < 0.2 * d1
+
+
+@pytest.mark.parametrize("name", ["max-loss", "noisy-label", "retain-label", "random-encoder", "retrain"])
+def test_every_baseline_runs_under_the_api_and_changes_forget_outputs(trained, name):
+    model, op, ds, forget, retain = trained
+    xf, _ = forget.materialize()
+    params = {"epochs": 1} if name != "retrain" else {}
+    ctx = context(op)
+    out = get_i2i_unlearner(name, **params).unlearn(model, retain, forget, None, context=ctx)
+    assert out is not model and hasattr(out, "privkit_spec") and "history" in ctx.info
+    with torch.no_grad():
+        assert not torch.allclose(out(op(xf)), model(op(xf)))
+        assert out(op(xf)).shape == xf.shape
+
+
+def test_registry_is_separate_from_the_classifier_registry():
+    from privkit.unlearn.base import list_unlearners
+
+    assert list_i2i_unlearners() == ["li2024", "max-loss", "noisy-label", "retain-label", "random-encoder", "retrain"]
+    assert not set(list_unlearners()) & {"li2024", "max-loss", "noisy-label", "retain-label", "random-encoder"}
+    with pytest.raises(ConfigError, match="unknown I2I unlearning method"):
+        get_i2i_unlearner("finetune")
+    with pytest.raises(ConfigError, match="alpha"):
+        get_i2i_unlearner("li2024", alpha=-0.1)
+
+
+def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_the_mean_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 6))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifts = [frechet_distance(a, a + s) for s in (0.5, 1.0, 2.0)]
+    for s, fd in zip((0.5, 1.0, 2.0), shifts):
+        assert fd == pytest.approx(6 * s * s, rel=1e-6)  # ||mu_a - mu_b||^2, covariances equal
+    # against the closed form for diagonal covariances: sum (s_a - s_b)^2
+    b = rng.normal(size=(20000, 2)) * np.array([1.0, 3.0])
+    c = rng.normal(size=(20000, 2)) * np.array([2.0, 1.0])
+    assert frechet_distance(b, c) == pytest.approx((1 - 2) ** 2 + (3 - 1) ** 2, rel=0.05)
+
+
+def test_inception_score_and_cosine():
+    onehot = np.eye(4)[np.arange(40) % 4]
+    assert inception_score(onehot) == pytest.approx(4.0, rel=1e-6)
+    assert inception_score(np.full((10, 4), 0.25)) == pytest.approx(1.0)
+    a = np.random.default_rng(0).normal(size=(5, 3))
+    assert cosine_similarity(a, 2 * a) == pytest.approx(1.0)
+    assert cosine_similarity(a, -a) == pytest.approx(-1.0)
