@@ -18,7 +18,8 @@ def register(app: typer.Typer, audit_app: typer.Typer) -> None:
 
 
 @handle_errors
-def train(data: str = DataOpt, target: str = typer.Option(..., "--target", help="attribute to predict"),
+def train(data: str = DataOpt,
+          target: Optional[str] = typer.Option(None, "--target", help="attribute to predict (required for classifiers)"),
           out: Path = OutOpt,
           model: Optional[str] = typer.Option(None, "--model", help="architecture (see the model registry); default per modality"),
           epochs: int = typer.Option(10, "--epochs"), batch_size: int = typer.Option(64, "--batch-size"),
@@ -30,10 +31,27 @@ def train(data: str = DataOpt, target: str = typer.Option(..., "--target", help=
           max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
           peft: Optional[str] = typer.Option(None, "--peft", help="parameter-efficient fine-tuning: bn | prompt"),
           resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
-          overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out")) -> None:
-    """Train a classifier for one attribute; writes the model artifact and a report."""
+          overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
+          task: str = typer.Option("classifier", "--task", help="classifier | i2i (inpainting/outpainting model; "
+                                                                "same as `privkit i2i train`)"),
+          operator: str = typer.Option("center-crop", "--operator", help="i2i: center-crop (inpaint) | outpaint"),
+          mask: float = typer.Option(0.5, "--mask", help="i2i: side of the centre square (fraction or pixels)")) -> None:
+    """Train a classifier for one attribute (or, with --task i2i, an image-to-image model); writes the
+    model artifact and a report."""
     from privkit.classify import train_run
+    from privkit.errors import ConfigError
     from privkit.models.registry import model_entry
+
+    if task == "i2i":
+        from privkit.cli.commands_i2i import i2i_train
+
+        return i2i_train(data=data, out=out, model=model or "unet", operator=operator, mask=mask, epochs=epochs,
+                         batch_size=batch_size, lr=lr, target=target, seed=seed, data_seed=data_seed, size=size,
+                         resume=resume, overwrite=overwrite)
+    if task != "classifier":
+        raise ConfigError(f"--task {task!r} is not one of classifier, i2i")
+    if target is None:
+        raise ConfigError("--target is required: name the attribute to predict (see `privkit datasets info`)")
 
     if model is not None:
         model_entry(model)

@@ -36,11 +36,29 @@ def unlearn(model: Path = typer.Option(..., "--model", help="run folder of the t
             size: Optional[int] = SizeOpt,
             tolerance: float = typer.Option(5.0, "--tolerance", help="points within which UA and MIA efficacy must "
                                                                      "match retrain for a positive verdict"),
-            overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out")) -> None:
-    """Unlearn a forget set from a trained classifier; writes the model, metrics, report and erasure receipt."""
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
+            task: str = typer.Option("classifier", "--task", help="classifier | i2i (image-to-image model; same as "
+                                                                  "`privkit i2i unlearn`)"),
+            alpha: Optional[float] = typer.Option(None, "--alpha", help="i2i: weight of the forget term (default 0.15)"),
+            proxy_retain: Optional[str] = typer.Option(None, "--proxy-retain",
+                                                       help="i2i: use this dataset's images as the retain set")) -> None:
+    """Unlearn a forget set from a trained classifier (or, with --task i2i, an image-to-image model);
+    writes the model, metrics, report and erasure receipt."""
     import json
 
+    from privkit.errors import ConfigError
     from privkit.unlearn.run import unlearn_run
+
+    if task == "i2i":
+        from privkit.cli.commands_i2i import i2i_unlearn
+
+        return i2i_unlearn(model=model, data=data, forget=forget, method=method, out=out, alpha=alpha,
+                           proxy_retain=proxy_retain, compare_retrain=compare_retrain, epochs=epochs, lr=lr,
+                           eval_epochs=8, data_seed=data_seed, seed=seed, size=size, target=None, overwrite=overwrite)
+    if task != "classifier":
+        raise ConfigError(f"--task {task!r} is not one of classifier, i2i")
+    if alpha is not None or proxy_retain is not None:
+        raise ConfigError("--alpha and --proxy-retain apply to image-to-image models; add --task i2i")
 
     run = unlearn_run(model, data, forget, method, out, reference=reference, compare_retrain=compare_retrain,
                       from_run=from_run, data_seed=data_seed, seed=seed, epochs=epochs, lr=lr, size=size,

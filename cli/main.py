@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from privkit.cli import (commands_anonymize, commands_attack, commands_audit, commands_data, commands_demo,
-                         commands_suppress, commands_train, commands_unlearn)
+                         commands_i2i, commands_suppress, commands_train, commands_unlearn)
 
 app = typer.Typer(
     name="privkit",
@@ -23,7 +23,7 @@ app.add_typer(attack_app, name="attack")
 commands_train.register(app, audit_app)
 
 for _module in (commands_suppress, commands_unlearn, commands_anonymize, commands_audit, commands_attack,
-                commands_demo):
+                commands_i2i, commands_demo):
     _module.register(app, audit_app, attack_app)
 
 

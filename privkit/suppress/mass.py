@@ -357,8 +357,8 @@ class MaSS:
     def __init__(self, suppress: Sequence[str] = (), preserve: Sequence[str] = (), budgets: Mapping[str, float] | None = None,
                  epochs: int = 10, pretrain_epochs: int = 3, batch_size: int = 64, lr: float = 1e-3,
                  classifier_lr: float = 1e-2, classifier_steps: int = 3, pretrain_lr: float = 1e-3, noise_dim: int = 8, feature_dim: int = 32, nce_weight: float = 1.0,
-                 generator: str | None = None, generator_kwargs: Mapping[str, Any] | None = None, seed: int = 0,
-                 progress: bool = False):
+                 generator: str | None = None, generator_kwargs: Mapping[str, Any] | None = None,
+                 adversaries: Sequence[str] = ADVERSARY_KINDS, seed: int = 0, progress: bool = False):
         self.suppress = suppress
         self.preserve = preserve
         self.budgets = budgets
@@ -374,13 +374,14 @@ class MaSS:
         self.nce_weight = nce_weight
         self.generator = generator
         self.generator_kwargs = generator_kwargs
+        self.adversaries = adversaries
         self.seed = seed
         self.progress = progress
 
     # -- scikit-learn plumbing ----------------------------------------------------------------------
     _PARAMS = ("suppress", "preserve", "budgets", "epochs", "pretrain_epochs", "batch_size", "lr", "classifier_lr",
                "classifier_steps", "pretrain_lr",
-               "noise_dim", "feature_dim", "nce_weight", "generator", "generator_kwargs", "seed")
+               "noise_dim", "feature_dim", "nce_weight", "generator", "generator_kwargs", "adversaries", "seed")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         out = {}
@@ -414,7 +415,15 @@ class MaSS:
         """Validate attributes and budgets against ``dataset`` without training (raises on infeasible)."""
         return resolve_budgets(dataset.schema, dataset.labels, list(self.suppress), list(self.preserve), self.budgets)
 
+    def _adversary_kinds(self) -> list[str]:
+        kinds = [str(k) for k in (self.adversaries or ("model",))]
+        for k in kinds:
+            if k not in ADVERSARY_KINDS:
+                raise ConfigError(f"unknown adversary {k!r}; known adversaries: {', '.join(ADVERSARY_KINDS)}")
+        return list(dict.fromkeys(kinds))
+
     def _validate_options(self) -> None:
+        self._adversary_kinds()
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
@@ -454,24 +463,33 @@ class MaSS:
         # standardising generators need the data scale: estimated on up to 2048 training samples
         rng = np.random.default_rng(self.seed)
         sample = np.sort(rng.choice(len(dataset), size=min(2048, len(dataset)), replace=False))
-        fit_generator_scale(generator, dataset.materialize(sample)[0])
+        x_sample = dataset.materialize(sample)[0]
+        fit_generator_scale(generator, x_sample)
         feature_net = create(None, schema, int(self.feature_dim))
         attrs = budgets["suppress"] + budgets["preserve"]
-        classifiers = {a: create(None, schema, schema.attribute(a).num_classes) for a in attrs}
+        # suppressed attributes face every adversary family; preserved ones need one classifier for w_u
+        members = [(a, kind) for a in budgets["suppress"] for kind in self._adversary_kinds()]
+        members += [(a, "model") for a in budgets["preserve"]]
+        classifiers: dict[tuple[str, str], nn.Module] = {}
+        for a, kind in members:
+            classifiers[(a, kind)] = create_adversary(kind, schema, schema.attribute(a).num_classes)
+            if isinstance(classifiers[(a, kind)], FlatAdversary):
+                classifiers[(a, kind)].fit_scaler(x_sample)
 
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
         main_ckpt = ckpt / "mass" if ckpt is not None else None
         resuming = bool(resume and main_ckpt is not None and (main_ckpt / "latest.json").exists())
         if not resuming:
             # classifiers start from ones trained on the original data: the adversary is strong from step one
-            for i, a in enumerate(attrs):
+            for i, (a, kind) in enumerate(members):
                 if int(self.pretrain_epochs) == 0:
                     break
+                name = a if kind == "model" else f"{a}-{kind}"
                 loop = LoopConfig(epochs=int(self.pretrain_epochs), batch_size=int(self.batch_size),
-                                  seed=int(self.seed) + 1 + i, progress=self.progress, description=f"pretrain {a}")
-                classifiers[a], _ = train_classifier(classifiers[a], dataset, a, ClassifierConfig(lr=self.pretrain_lr),
-                                                     loop, checkpoint_dir=ckpt / f"pretrain-{a}" if ckpt else None,
-                                                     resume=resume)
+                                  seed=int(self.seed) + 1 + i, progress=self.progress, description=f"pretrain {name}")
+                classifiers[(a, kind)], _ = train_classifier(
+                    classifiers[(a, kind)], dataset, a, ClassifierConfig(lr=self.pretrain_lr), loop,
+                    checkpoint_dir=ckpt / f"pretrain-{name}" if ckpt else None, resume=resume)
         task = MaSSTask(generator, feature_net, classifiers, schema, budgets, int(self.noise_dim), float(self.lr),
                         float(self.classifier_lr), float(self.nce_weight), int(self.classifier_steps))
         loop = LoopConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), seed=int(self.seed),
@@ -479,7 +497,8 @@ class MaSS:
         history = run_training(task, dataset, loop, checkpoint_dir=main_ckpt, resume=resume)
         self.generator_ = unwrap(task.nets["generator"]).eval()
         self.feature_net_ = unwrap(task.nets["features"]).eval()
-        self.classifiers_ = {a: unwrap(task.nets[_classifier_key(a)]).eval() for a in attrs}
+        self.classifiers_ = {f"{a}" if kind == "model" else f"{a}-{kind}": unwrap(task.nets[_classifier_key(a, kind)]).eval()
+                             for a, kind in members}
         self.schema_ = schema
         self.budgets_ = budgets
         self.history_ = history
