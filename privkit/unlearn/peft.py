@@ -72,18 +72,7 @@ class PeftClassifierTask(ClassifierTask):
     carries :math:`\\tfrac\\lambda2\\lVert w - w_0\\rVert^2` toward the values at construction.
     """
 
-    def step(self, batch, epoch: int, step: int) -> dict[str, float]:
-        x, attrs = batch
-        y = attrs[:, self.target_index] if attrs.dim() == 2 else attrs
-        model = self.nets["model"]
-        model.eval()  # BatchNorm uses (and keeps) the pretrained running statistics
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = self.loss(logits, y)
-        loss.backward()
-        opt.step()
-        return {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+    train_mode = False  # BatchNorm uses (and keeps) the pretrained running statistics
 
 
 def peft_parameter_names(model: nn.Module, kind: str) -> list[str]:
