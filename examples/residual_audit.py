@@ -18,7 +18,7 @@ def main(out: Path) -> None:
     finetuned = unlearn_run(base, "digits", "class=3", "finetune", out / "finetune", progress=False)
     retrained = unlearn_run(base, "digits", "class=3", "retrain", out / "retrain", progress=False)
     run = audit_residual_run(finetuned, "digits", "class=3", out / "audit", reference_dir=retrained, samples=16,
-                             taus=(0.02, 0.05), fix=True, fix_options={"epochs": 2})
+                             taus=(0.02, 0.05), fix=True, fix_options={"epochs": 1})
     m = json.loads((run / "metrics.json").read_text())
     for side in ("before", "after"):
         s = m[side]

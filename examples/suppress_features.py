@@ -17,14 +17,14 @@ from privkit.suppress import MaSS
 
 def main(out: Path) -> None:
     rng = np.random.default_rng(0)
-    n, d = 1200, 12
+    n, d = 600, 8
     gender, task = rng.integers(0, 2, n), rng.integers(0, 2, n)
     x = rng.normal(size=(n, d)).astype(np.float32)
     x[:, 0] += 2.5 * gender                                      # gender lives in one direction
     x[:, 1] += 2.5 * task                                        # the useful attribute in another
     schema = Schema("features", (Attribute("gender", ("f", "m")), Attribute("task", ("a", "b"))), (d,))
     data = ArrayDataset(schema, x, np.stack([gender, task], 1))
-    mass = MaSS(suppress=["gender"], preserve=["task"], epochs=15, seed=0, nce_weight=0.3).fit(data)
+    mass = MaSS(suppress=["gender"], preserve=["task"], epochs=10, seed=0, nce_weight=0.3).fit(data)
     released = ArrayDataset(schema, mass.transform(data.materialize()[0]).detach().numpy(), data.labels)
     before = fresh_attackers(data, kinds=("linear", "mlp"))
     after = fresh_attackers(released, kinds=("linear", "mlp"))

@@ -1,9 +1,10 @@
 """Generators ``X' = G(X, noise)`` for MaSS, one per modality, registered by decorator.
 
-Every generator is a residual network that starts (almost) at the identity: its last layer is
-initialised at a small scale, so before training ``G(x, z) ~= x`` and every useful attribute is
-as recoverable as in the original data. Training then learns the smallest edit that removes the
-suppressed attributes. The noise ``z`` (a vector of ``noise_dim`` standard normals per sample) is
+Every generator is a residual network ``x' = x + r(x, z)`` whose last layer is initialised at
+``init_scale`` (default 0.3) of its usual scale. Close to the identity but not at it: with the
+first default, 0.01, the residual branch started at ~0, its gradients were tiny and on real data
+the generator never moved away from the identity (relative MSE 0.005 after training, attributes
+untouched). Pass ``init_scale=0.01`` to start at the identity. The noise ``z`` (a vector of ``noise_dim`` standard normals per sample) is
 projected to a per-channel bias inside the network, so the generator can replace a sensitive
 signal with randomness instead of a deterministic (and hence invertible) code.
 
@@ -177,7 +178,7 @@ class ImageGenerator(nn.Module):
     """``x' = sigmoid(logit(x) + r(x, z))`` with ``r`` a 2-D conv residual network; pixels in [0, 1]."""
 
     def __init__(self, channels: int, noise_dim: int, width: int = 24, blocks: int = 3, down: int = 2,
-                 init_scale: float = 0.01):
+                 init_scale: float = 0.3):
         super().__init__()
         # blocks run at 1/down resolution: attributes are mostly coarse shape, and it keeps a CPU fast
         self.net = _ConvResidualNet(2, channels, noise_dim, width, blocks, 3, down, init_scale)
@@ -192,7 +193,7 @@ class WaveformGenerator(nn.Module):
     """``x' = tanh(atanh(x) + r(x, z))`` with ``r`` a strided 1-D conv residual net; samples in (-1, 1)."""
 
     def __init__(self, noise_dim: int, width: int = 24, blocks: int = 3, kernel: int = 5, down: int = 8,
-                 init_scale: float = 0.01):
+                 init_scale: float = 0.3):
         super().__init__()
         self.net = _ConvResidualNet(1, 1, noise_dim, width, blocks, kernel, down, init_scale)
 
@@ -254,28 +255,28 @@ class _Conv1dResidual(nn.Module):
 @register_generator("image-resnet", ("image",), "2-D conv residual net on logits, pixels stay in [0, 1]",
                     default_for=("image",))
 def image_resnet(schema: Schema, noise_dim: int, width: int = 24, blocks: int = 3, down: int = 2,
-                 init_scale: float = 0.01):
+                 init_scale: float = 0.3):
     return ImageGenerator(schema.input_shape[0], noise_dim, width, blocks, down, init_scale)
 
 
 @register_generator("waveform-resnet", ("audio",), "strided 1-D conv residual net, samples stay in (-1, 1)",
                     default_for=("audio",))
 def waveform_resnet(schema: Schema, noise_dim: int, width: int = 24, blocks: int = 3, kernel: int = 5, down: int = 8,
-                    init_scale: float = 0.01):
+                    init_scale: float = 0.3):
     return WaveformGenerator(noise_dim, width, blocks, kernel, down, init_scale)
 
 
 @register_generator("motion-resnet", ("motion",), "1-D conv residual net over sensor windows (standardised)",
                     default_for=("motion",))
 def motion_resnet(schema: Schema, noise_dim: int, width: int = 32, blocks: int = 3, kernel: int = 5,
-                  init_scale: float = 0.01):
+                  init_scale: float = 0.3):
     channels = schema.input_shape[0]
     return _Standardised(_Conv1dResidual(channels, noise_dim, width, blocks, kernel, init_scale), (channels, 1))
 
 
 @register_generator("mlp-resnet", ("features",), "MLP residual net on standardised feature vectors",
                     default_for=("features",))
-def mlp_resnet(schema: Schema, noise_dim: int, hidden: int = 128, depth: int = 3, init_scale: float = 0.01):
+def mlp_resnet(schema: Schema, noise_dim: int, hidden: int = 128, depth: int = 3, init_scale: float = 0.3):
     d = int(torch.tensor(schema.input_shape).prod())
     return _Standardised(_MLPResidual(d, noise_dim, hidden, depth, init_scale), tuple(schema.input_shape))
 

@@ -166,7 +166,7 @@ class FlatAdversary(nn.Module):
     """Linear or MLP adversary on flattened, standardised inputs (audio: on log-mel spectrograms).
 
     The same families as the audit's fresh ``linear`` / ``mlp`` attackers
-    (:mod:`privkit.evaluate.attackers`): :math:`I(X'; S) \ge H(S) - \mathrm{CE}_S` holds for every
+    (:mod:`privkit.evaluate.attackers`): :math:`I(X'; S) \\ge H(S) - \\mathrm{CE}_S` holds for every
     classifier, so the bound is only as tight as the best family the generator faces. A generator
     trained against one convolutional classifier learns to hide the attribute from that classifier
     while leaving it linearly decodable.
@@ -329,7 +329,14 @@ class MaSS:
     feature_dim : int
         Embedding size of the contrastive feature net ``F``.
     nce_weight : float
-        Weight of :math:`L_{NCE}` in :math:`L_G`.
+        Weight of :math:`L_{NCE}` in :math:`L_G`. Default 0.1: with :math:`\\tau = 0.07` the
+        InfoNCE term is minimised by the identity and, at weight 1, outweighs the suppression
+        penalties (on synthetic-motion the generator then barely moved).
+    adversaries : list of str
+        Adversary families each suppressed attribute faces (``model``: the modality's default
+        classifier; ``linear``, ``mlp``: on standardised inputs, as the audit's fresh attackers).
+        Each gives its own :math:`v_i`; :math:`H(S) - \\mathrm{CE}_S` lower-bounds :math:`I(X'; S)`
+        for every classifier, so the constraint is only as tight as the best family faced.
     generator : str, optional
         Generator architecture (default: the modality's, see :mod:`privkit.suppress.generators`).
     generator_kwargs : dict, optional
@@ -356,7 +363,8 @@ class MaSS:
 
     def __init__(self, suppress: Sequence[str] = (), preserve: Sequence[str] = (), budgets: Mapping[str, float] | None = None,
                  epochs: int = 10, pretrain_epochs: int = 3, batch_size: int = 64, lr: float = 1e-3,
-                 classifier_lr: float = 1e-2, classifier_steps: int = 3, pretrain_lr: float = 1e-3, noise_dim: int = 8, feature_dim: int = 32, nce_weight: float = 1.0,
+                 classifier_lr: float = 1e-2, classifier_steps: int = 5, pretrain_lr: float = 1e-3, noise_dim: int = 8,
+                 feature_dim: int = 32, nce_weight: float = 0.1,
                  generator: str | None = None, generator_kwargs: Mapping[str, Any] | None = None,
                  adversaries: Sequence[str] = ADVERSARY_KINDS, seed: int = 0, progress: bool = False):
         self.suppress = suppress

@@ -86,14 +86,18 @@ def test_generators_start_near_identity_and_stay_in_range():
     torch.manual_seed(0)
     img = Schema("image", (Attribute("y", ("a", "b")),), (3, 16, 16))
     x = torch.rand(4, 3, 16, 16)
-    g = create_generator(None, img, 4)
+    # a small init_scale starts at the identity; the default (0.3) starts further off so G can move
+    g = create_generator(None, img, 4, init_scale=0.01)
     y = g(x, torch.randn(4, 4))
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
     assert float((y - x).abs().mean()) < 0.02
+    y_default = create_generator(None, img, 4)(x * 4 - 2, torch.randn(4, 4))  # out-of-range input is clamped
+    assert float(y_default.min()) >= 0 and float(y_default.max()) <= 1
     wav = Schema("audio", (Attribute("y", ("a", "b")),), (1, 1000), sample_rate=8000)
     w = torch.rand(2, 1, 1000) * 1.8 - 0.9
-    yw = create_generator(None, wav, 4)(w, torch.randn(2, 4))
+    yw = create_generator(None, wav, 4, init_scale=0.01)(w, torch.randn(2, 4))
     assert yw.shape == w.shape and float(yw.abs().max()) < 1 and float((yw - w).abs().mean()) < 0.05
+    assert float(create_generator(None, wav, 4)(w * 3, torch.randn(2, 4)).abs().max()) <= 1
     mot = Schema("motion", (Attribute("y", ("a", "b")),), (6, 50), sample_rate=50)
     m = torch.randn(2, 6, 50)
     assert create_generator(None, mot, 4)(m, torch.randn(2, 4)).shape == m.shape
