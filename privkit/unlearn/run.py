@@ -245,7 +245,7 @@ def unlearn_run(model_dir: str | Path, data_spec: str, forget_spec: str, method_
     ref_metrics = _load_reference(reference, request) if reference is not None else None
     target = request.context.target
     config: dict[str, Any] = {
-        "model": str(model_dir), "data": str(data_spec), "forget": forget_spec, "method": method_name,
+        "model": str(Path(model_dir).resolve()), "data": str(data_spec), "forget": forget_spec, "method": method_name,
         "method_options": params, "reference": str(reference) if reference is not None else None,
         "compare_retrain": bool(compare_retrain), "from": str(from_run) if from_run is not None else None,
         "data_seed": int(data_seed), "seed": request.context.seed, "target": target,
