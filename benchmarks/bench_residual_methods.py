@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_ORL = Path("/work/shared/data/orl_faces")
+DEFAULT_ORL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "orl_faces"
 TAUS = (0.01, 0.02, 0.03, 0.05, 0.1)
 SKIPPED = {"retrain": "the reference itself", "ntk": "full-parameter NTK: far too slow on a CPU for the CNN"}
 

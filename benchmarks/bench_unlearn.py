@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_ORL = Path("/work/shared/data/orl_faces")
+DEFAULT_ORL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "orl_faces"
 
 
 def scenarios(orl: Path) -> dict[str, dict]:

@@ -45,6 +45,11 @@ def train(data: str = DataOpt,
     if task == "i2i":
         from privkit.cli.commands_i2i import i2i_train
 
+        ignored = [flag for flag, given in (("--dp", dp), ("--peft", peft is not None), ("--bin", bool(bins)),
+                                             ("--weight-decay", weight_decay != 0.0)) if given]
+        if ignored:
+            raise ConfigError(f"{', '.join(ignored)} do not apply to --task i2i; drop them")
+
         return i2i_train(data=data, out=out, model=model or "unet", operator=operator, mask=mask, epochs=epochs,
                          batch_size=batch_size, lr=lr, target=target, seed=seed, data_seed=data_seed, size=size,
                          resume=resume, overwrite=overwrite)
@@ -52,6 +57,8 @@ def train(data: str = DataOpt,
         raise ConfigError(f"--task {task!r} is not one of classifier, i2i")
     if target is None:
         raise ConfigError("--target is required: name the attribute to predict (see `privkit datasets info`)")
+    if dp and peft is not None:
+        raise ConfigError("--dp with --peft is not supported yet (the PEFT path trains without DP-SGD); drop one of them")
 
     if model is not None:
         model_entry(model)
@@ -99,6 +106,8 @@ def audit_attributes(data: str = DataOpt, out: Path = OutOpt,
     ds = load_data(data, size=size, bins=bins)
     names = ds.schema.check_attributes(parse_list(attrs)) or ds.schema.attribute_names
     kinds = parse_list(attackers)
+    if not kinds:
+        fail(f"--attackers {attackers!r} names no attacker; use some of: {', '.join(list_attackers())}")
     for k in kinds:
         if k not in list_attackers():
             fail(f"unknown attacker {k!r}; known attackers: {', '.join(list_attackers())}")

@@ -118,8 +118,13 @@ def train_run(data_spec: str, target: str, out: Path, *, model_name: str | None 
     if dp:
         from privkit.privacy.dp import DPConfig, dp_model_kwargs
 
+        from privkit.distributed import dist_info
+
         dp_cfg = DPConfig(**dp)
         dp_cfg.validate(len(ds))
+        if dist_info().world_size > 1:
+            raise ConfigError("--dp under torchrun is not supported (each process would sample and noise on its "
+                              "own, and the accountant would count one); run DP training in one process")
         extra, note = dp_model_kwargs(entry.factory)
         kwargs.update(extra)
         notes.append(note)
@@ -129,6 +134,7 @@ def train_run(data_spec: str, target: str, out: Path, *, model_name: str | None 
     torch.manual_seed(seed)
     model = create(model_name, ds.schema, attribute.num_classes, **kwargs)
     cfg = ClassifierConfig(lr=lr, weight_decay=weight_decay)
+    cfg.validate()
     loop = LoopConfig(epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, description=f"train {target}")
     loop.validate()
     config: dict[str, Any] = {

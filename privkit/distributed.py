@@ -41,14 +41,16 @@ def dist_info() -> DistInfo:
 def init_distributed() -> DistInfo:
     """Initialise the process group when started by ``torchrun`` with more than one process.
 
-    Backend: nccl when CUDA is available, gloo otherwise. A no-op for a single process.
+    Backend: gloo, because privkit's training loop keeps networks and batches on the CPU (nccl
+    needs CUDA tensors); set ``PRIVKIT_DIST_BACKEND=nccl`` only for code that moves them to GPUs.
+    A no-op for a single process.
     """
     import torch
     import torch.distributed as dist
 
     info = dist_info()
     if info.world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = os.environ.get("PRIVKIT_DIST_BACKEND", "gloo")
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)

@@ -309,9 +309,11 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset | None, conf
                     count += 1
                     bar.update(bar_task, advance=1, info=" ".join(f"{k}={v:.3g}" for k, v in stats.items()))
                     if stop.requested:
+                        if ckpt is None:  # nothing to resume from: a plain interruption
+                            raise KeyboardInterrupt
                         # every applied step is in the checkpoint; the run continues from here
                         write_checkpoint(epoch, step)
-                        raise TrainingInterrupted(ckpt or Path("."), epoch, step)
+                        raise TrainingInterrupted(ckpt, epoch, step)
                     if config.checkpoint_every and step % config.checkpoint_every == 0:
                         write_checkpoint(epoch, step)
             record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0}
@@ -373,6 +375,14 @@ class ClassifierConfig:
     label_smoothing: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    def validate(self) -> None:
+        import math
+
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr {self.lr} must be a positive number, e.g. 1e-3")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"--weight-decay {self.weight_decay} must be zero or positive")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["trainable"] = list(self.trainable) if self.trainable is not None else None
@@ -399,6 +409,7 @@ class ClassifierTask(TrainTask):
     train_mode: bool = True
 
     def __init__(self, model: nn.Module, target_index: int, cfg: ClassifierConfig, optimizer: torch.optim.Optimizer | None = None):
+        cfg.validate()
         self.cfg = cfg
         self.target_index = target_index
         names = set(cfg.trainable) if cfg.trainable is not None else None

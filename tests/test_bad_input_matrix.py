@@ -392,6 +392,38 @@ def _(t, out):
     return ["attack", "qnn", "--qubits", "2", "--batch", "100000"]
 
 
+# -- options ----------------------------------------------------------------------------------------
+
+@case("negative-learning-rate")
+def _(t, out):
+    return ["train", "--data", "digits", "--target", "digit", "--lr", "-1"]
+
+
+@case("nan-learning-rate")
+def _(t, out):
+    return ["train", "--data", "digits", "--target", "digit", "--lr", "nan"]
+
+
+@case("dp-with-peft")
+def _(t, out):
+    return ["train", "--data", "digits", "--target", "digit", "--dp", "--peft", "bn"]
+
+
+@case("dp-epsilon-unreachable")
+def _(t, out):
+    return ["train", "--data", "digits", "--target", "digit", "--dp", "--target-epsilon", "0.0001", "--epochs", "30"]
+
+
+@case("i2i-with-classifier-only-options")
+def _(t, out):
+    return ["train", "--task", "i2i", "--data", "digits", "--dp"]
+
+
+@case("no-attackers")
+def _(t, out):
+    return ["audit", "attributes", "--data", "digits", "--attackers", ","]
+
+
 # -- the test ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ path whose layout is detected from its marker files (``attributes.csv`` -> ``ima
 
 Examples
 --------
->>> ds = load_dataset("/work/shared/data/orl_faces")            # doctest: +SKIP
+>>> ds = load_dataset("../shared/data/orl_faces")                # doctest: +SKIP
 >>> ds.schema.input_shape, ds.schema.identity_attribute          # doctest: +SKIP
 ((1, 112, 92), 'identity')
 """
@@ -80,9 +80,18 @@ def builtin_path(name: str, *, size: int | None = None, seed: int = 0, cache_dir
         except ValueError:
             raise DataError(f"the generator of {name!r} wrote {out}, outside its folder {tmp}; report this bug") from None
         (tmp / COMPLETE_MARKER).write_text(json.dumps({"name": name, "size": size, "seed": seed, "path": rel}))
+        if (final / COMPLETE_MARKER).exists():  # another process (say a torchrun rank) finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+            rel = json.loads((final / COMPLETE_MARKER).read_text())["path"]
+            return final / rel
         if final.exists():  # stale, incomplete folder from an interrupted run
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / COMPLETE_MARKER).exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # lost a race to another process: use its copy
     except OSError as e:
         from privkit.errors import ResourceError
 

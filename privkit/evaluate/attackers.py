@@ -107,34 +107,16 @@ def attack_split(dataset: AttributeDataset, attribute: str, seed: int = 0, test_
 
 
 def _train_attacker(kind: str, schema: Schema, x_tr, y_tr, epochs: int, seed: int) -> nn.Module:
-    from privkit.train import ClassifierConfig, LoopConfig, TrainTask, run_training
+    from privkit.train import ClassifierConfig, ClassifierTask, LoopConfig, run_training
 
     k = int(max(int(y_tr.max()) + 1, 2))
     torch.manual_seed(seed)
     model = _ATTACKERS[kind](schema, k)
     if isinstance(model, _Flat):
         model.fit_scaler(x_tr)
-    lr = 3e-3 if kind != "cnn" else 2e-3
-    cfg = ClassifierConfig(lr=lr, weight_decay=1e-4 if kind == "linear" else 0.0)
+    cfg = ClassifierConfig(lr=3e-3 if kind != "cnn" else 2e-3, weight_decay=1e-4 if kind == "linear" else 0.0)
     data = torch.utils.data.TensorDataset(x_tr, y_tr)
-
-    class _Task(TrainTask):
-        def __init__(self):
-            self.nets = {"model": model}
-            self.optimizers = {"model": torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
-
-        def step(self, batch, epoch, step):
-            xb, yb = batch
-            net = self.nets["model"]
-            net.train()
-            opt = self.optimizers["model"]
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(net(xb), yb)
-            loss.backward()
-            opt.step()
-            return {"loss": float(loss.detach())}
-
-    task = _Task()
+    task = ClassifierTask(model, 0, cfg)  # labels are 1-D here: the task takes them as they are
     batch = 64 if len(data) >= 256 else 32
     run_training(task, data, LoopConfig(epochs=epochs, batch_size=batch, seed=seed, progress=False, description=f"{kind} attacker"))
     model.eval()

@@ -26,7 +26,15 @@ def _describe_os_error(path: Path, err: OSError) -> ResourceError:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + ``os.replace``).
+
+    Under ``torchrun`` only rank 0 writes: on the other ranks this is a no-op, so every artifact,
+    report and checkpoint written through privkit.io has exactly one writer.
+    """
+    from privkit.distributed import is_main_process
+
+    if not is_main_process():
+        return
     path = Path(path)
     tmp_name = None
     try:

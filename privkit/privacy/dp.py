@@ -71,10 +71,15 @@ class DPClassifierTask(ClassifierTask):
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             self.engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-            module, optimizer, dp_loader = self.engine.make_private_with_epsilon(
-                module=model, optimizer=self.optimizers["model"], data_loader=loader, target_epsilon=dp.target_epsilon,
-                target_delta=dp.delta, epochs=epochs, max_grad_norm=dp.max_grad_norm,
-            )
+            try:
+                module, optimizer, dp_loader = self.engine.make_private_with_epsilon(
+                    module=model, optimizer=self.optimizers["model"], data_loader=loader,
+                    target_epsilon=dp.target_epsilon, target_delta=dp.delta, epochs=epochs,
+                    max_grad_norm=dp.max_grad_norm,
+                )
+            except ValueError as e:  # Opacus: "The privacy budget is too low."
+                raise ConfigError(f"--target-epsilon {dp.target_epsilon:g} cannot be reached with --delta {dp.delta:g} "
+                                  f"in {epochs} epochs ({e}); raise --target-epsilon or train fewer epochs") from None
         self.nets = {"model": module}
         self.optimizers = {"model": optimizer}
         self.dp = dp
@@ -85,12 +90,13 @@ class DPClassifierTask(ClassifierTask):
 
     def step(self, batch, epoch: int, step: int) -> dict[str, float]:
         x, attrs = batch
-        if len(x) == 0:  # Poisson sampling can draw an empty batch
-            return {}
         with warnings.catch_warnings():
             # Opacus's hooks fire on module outputs when inputs need no grad: expected here
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            return super().step((x, attrs), epoch, step)
+            stats = super().step((x, attrs), epoch, step)
+        # Poisson sampling can draw an empty batch: the step still happens (Opacus adds the noise
+        # and the accountant counts it, as the analysis assumes); only its statistics are undefined
+        return stats if len(x) else {}
 
     def epsilon(self) -> float:
         with warnings.catch_warnings():

@@ -48,3 +48,29 @@ def test_invalid_dp_options():
         DPConfig(1.0, 2.0).validate(100)
     with pytest.raises(ConfigError, match="--target-epsilon"):
         DPConfig(0.0, 1e-5).validate(100)
+
+
+def test_empty_poisson_batches_still_take_a_noisy_counted_step():
+    """With batch size 1 on 40 samples, many Poisson batches are empty; each must still be a DP step."""
+    ds = _data(40)
+    torch.manual_seed(0)
+    model = create("mlp", ds.schema, 2, hidden=8)
+    task = DPClassifierTask(model, ds, 0, ClassifierConfig(lr=0.1, optimizer="sgd"), DPConfig(5.0, 1e-3, 1.0),
+                            epochs=1, batch_size=1, seed=0)
+    batches = list(task.batch_source(0))
+    assert any(len(x) == 0 for x, _ in batches)
+    before = [p.detach().clone() for p in model.parameters()]
+    for b in batches:
+        task.step(b, 0, 0)
+    assert len(task.engine.accountant.history) >= 1
+    steps = sum(h[2] for h in task.engine.accountant.history)
+    assert steps == len(batches)  # every step, empty or not, is accounted
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_infeasible_epsilon_is_a_config_error():
+    ds = _data(100)
+    with pytest.raises(ConfigError, match="--target-epsilon"):
+        DPClassifierTask(create("mlp", ds.schema, 2, hidden=8), ds, 0, ClassifierConfig(), DPConfig(1e-4, 1e-5, 1.0),
+                         epochs=50, batch_size=50, seed=0)

@@ -138,9 +138,13 @@ def run_qnn_attack(task: str = "cos", qubits: int = 6, ansatz: str = "complex",
     best = int(np.argmin(attack.loss_history_[:, -1]))
     privacy = None
     if noise_sigma > 0:
-        privacy = {"epsilon": gaussian_mechanism_epsilon(noise_sigma, clip, delta), "delta": delta,
-                   "noise_multiplier": noise_sigma / clip, "clip": clip, "noise_sigma": noise_sigma,
-                   "accountant": "opacus RDPAccountant, sample_rate=1, steps=1"}
+        # The client clips the *sum* of its batch's gradients to C. One sample's influence on that
+        # clipped sum is at most C when it is the only sample (clip(g) vs 0) but up to 2C in a batch
+        # (both clipped sums lie in the C-ball), so the mechanism's sensitivity is C or 2C.
+        sensitivity = clip * (1.0 if batch == 1 else 2.0)
+        privacy = {"epsilon": gaussian_mechanism_epsilon(noise_sigma, sensitivity, delta), "delta": delta,
+                   "noise_multiplier": noise_sigma / sensitivity, "clip": clip, "sensitivity": sensitivity,
+                   "noise_sigma": noise_sigma, "accountant": "opacus RDPAccountant, sample_rate=1, steps=1"}
     return {
         "success_rate": float(attack.success_.mean()),
         "mse_mean": float(final.mean()),
