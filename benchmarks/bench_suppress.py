@@ -4,7 +4,7 @@ and (``--results``) the held-out fresh-attacker results of the issue's four conf
 Examples
 --------
     OMP_NUM_THREADS=1 python benchmarks/bench_suppress.py --quick
-    OMP_NUM_THREADS=1 python benchmarks/bench_suppress.py --results --epochs 10 --size 1200
+    OMP_NUM_THREADS=1 python benchmarks/bench_suppress.py --results --only synthetic-motion --size 400 --epochs 20 --attackers linear,mlp
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     size = args.size or (300 if args.quick else 1200)
-    epochs = args.epochs or (2 if args.quick else 10)
+    # results: 20 epochs, since one epoch is only n / 64 generator steps (5 epochs barely moved G)
+    epochs = args.epochs or (2 if args.quick else (20 if args.results else 10))
     if args.results:
         configs = [c for c in RESULT_CONFIGS if not args.only or c[0] in args.only.split(",")]
         with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,7 @@ def suppress(data: str = DataOpt,
                                                         help="ATTR=NATS: allowed leakage m of a suppressed attribute "
                                                              "(default 0) or information n kept about a preserved one "
                                                              "(repeatable)"),
-             epochs: int = typer.Option(10, "--epochs", help="epochs of MaSS training"),
+             epochs: int = typer.Option(20, "--epochs", help="epochs of MaSS training (one epoch is only n / batch-size generator steps)"),
              batch_size: int = typer.Option(64, "--batch-size"),
              lr: float = typer.Option(1e-3, "--lr", help="learning rate of the generator and feature net"),
              attackers: str = typer.Option("linear,mlp,cnn", "--attackers", help="fresh attackers of the audit"),

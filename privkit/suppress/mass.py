@@ -362,7 +362,7 @@ class MaSS:
     """
 
     def __init__(self, suppress: Sequence[str] = (), preserve: Sequence[str] = (), budgets: Mapping[str, float] | None = None,
-                 epochs: int = 10, pretrain_epochs: int = 3, batch_size: int = 64, lr: float = 1e-3,
+                 epochs: int = 20, pretrain_epochs: int = 3, batch_size: int = 64, lr: float = 1e-3,
                  classifier_lr: float = 1e-2, classifier_steps: int = 5, pretrain_lr: float = 1e-3, noise_dim: int = 8,
                  feature_dim: int = 32, nce_weight: float = 0.1,
                  generator: str | None = None, generator_kwargs: Mapping[str, Any] | None = None,

@@ -253,7 +253,7 @@ def parse_budgets(values: Sequence[str] | None) -> dict[str, float]:
 
 
 def suppress_run(data_spec: str, attrs: Sequence[str], out: str | Path, *, preserve: Sequence[str] = (),
-                 budgets: Mapping[str, float] | None = None, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
+                 budgets: Mapping[str, float] | None = None, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  seed: int = 0, data_seed: int = 0, size: int | None = None, attackers: Sequence[str] = ("linear", "mlp", "cnn"),
                  attacker_epochs: dict | None = None, audit_all: bool = False, resume: bool = False,
                  overwrite: bool = False, dataset: AttributeDataset | None = None, progress: bool = True,

@@ -118,3 +118,11 @@ def test_feasibility_errors(data):
         resolve_budgets(tied.schema, tied.labels, ["gender"], ["useful"], {"useful": 0.5})
     ok = resolve_budgets(data.schema, data.labels, ["gender"], ["useful"], {})
     assert ok["m"]["gender"] == 0.0 and 0 < ok["n"]["useful"] <= ok["entropy"]["useful"]
+
+
+def test_suppressed_attribute_faces_every_adversary_family(fitted, data):
+    # the leakage bound H - CE holds per classifier; the generator must face linear and MLP models too
+    assert {"gender", "gender-linear", "gender-mlp", "useful"} == set(fitted.classifiers_)
+    assert "ce_gender_linear" in fitted.history_[-1] and "ce_gender_mlp" in fitted.history_[-1]
+    with pytest.raises(ConfigError, match="unknown adversary"):
+        MaSS(suppress=["gender"], adversaries=["svm"]).fit(data)
