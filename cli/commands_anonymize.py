@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from privkit.cli.common import BinsOpt, DataOpt, OutOpt, SizeOpt, echo_done, handle_errors, load_data, parse_list
+from privkit.cli.common import read_metrics, BinsOpt, DataOpt, OutOpt, SizeOpt, echo_done, handle_errors, load_data, parse_list
 
 
 def register(app: typer.Typer, audit_app: typer.Typer, attack_app: typer.Typer) -> None:
@@ -60,7 +60,9 @@ def anonymize(data: str = DataOpt,
         raise ConfigError("--attackers is empty; name at least one of linear, mlp, cnn")
     ds = load_data(data, size=size, bins=bins)
     run = anonymize_run(data, sensitive, keep, out, cfg, dataset=ds, size=size, release_dir=release, overwrite=overwrite)
-    m = json.loads((run / "metrics.json").read_text())
+    m = read_metrics(run)
+    if m is None:
+        return
     reid, util = m["reidentification"], m["utility"][keep]
     typer.echo(f"re-identification {reid['original']:.3f} -> {reid['released']:.3f} (chance {reid['chance']:.3f}); "
                f"{keep} {util['original']:.3f} -> {util['released']:.3f}; min k {m['achieved_k']['min']}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from privkit.cli.common import DataOpt, DataSeedOpt, OutOpt, SizeOpt, echo_done, handle_errors
+from privkit.cli.common import read_metrics, DataOpt, DataSeedOpt, OutOpt, SizeOpt, echo_done, handle_errors
 
 
 def register(app: typer.Typer, audit_app: typer.Typer, attack_app: typer.Typer) -> None:
@@ -39,7 +39,11 @@ def residual(model: Path = typer.Option(..., "--model", help="run folder of the 
                              fix=fix, fix_options=fix_options, overwrite=overwrite)
     import json
 
-    m = json.loads((run / "metrics.json").read_text())
+    m = read_metrics(run)
+
+    if m is None:
+
+        return
     head = m.get("after", m)
     typer.echo(f"mean r_tau {head['mean_r_tau']:.3f} [{head['ci_low']:.3f}, {head['ci_high']:.3f}], "
                f"{100 * head['frac_above_1']:.1f}% above 1" + (" (after RURK)" if "after" in m else ""))

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from privkit.cli.common import DataOpt, OutOpt, SeedOpt, SizeOpt, echo_done, handle_errors
+from privkit.cli.common import read_metrics, DataOpt, OutOpt, SeedOpt, SizeOpt, echo_done, handle_errors
 
 def register(app: typer.Typer, audit_app: typer.Typer, attack_app: typer.Typer) -> None:
     i2i_app = typer.Typer(help="Image-to-image models (inpainting/outpainting) and their unlearning.",
@@ -44,7 +44,9 @@ def i2i_train(data: str = DataOpt, out: Path = OutOpt,
     run = train_i2i_run(data, out, model_name=model, operator_name=operator, mask=mask, epochs=epochs,
                         batch_size=batch_size, lr=lr, seed=seed, data_seed=data_seed, size=size, target=target,
                         resume=resume, overwrite=overwrite)
-    m = json.loads((run / "metrics.json").read_text())
+    m = read_metrics(run)
+    if m is None:
+        return
     typer.echo(f"test PSNR {m['test_psnr']:.2f} dB, SSIM {m['test_ssim']:.3f}")
     echo_done(run)
 
@@ -78,7 +80,9 @@ def i2i_unlearn(model: Path = typer.Option(..., "--model", help="run folder of `
     run = i2i_unlearn_run(model, data, forget, method, out, alpha=alpha, proxy_retain=proxy_retain,
                           compare_retrain=compare_retrain, epochs=epochs, lr=lr, data_seed=data_seed, seed=seed,
                           size=size, target=target, eval_epochs=eval_epochs, overwrite=overwrite)
-    m = json.loads((run / "metrics.json").read_text())
+    m = read_metrics(run)
+    if m is None:
+        return
     typer.echo(" ".join(f"{k}={m[k]:.3f}" for k in ("forget_fd_ratio", "retain_fd_ratio", "forget_accuracy",
                                                      "forget_chance", "unlearn_seconds") if m.get(k) is not None))
     echo_done(run)

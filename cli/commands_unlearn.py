@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from privkit.cli.common import DataOpt, DataSeedOpt, OutOpt, SizeOpt, echo_done, handle_errors
+from privkit.cli.common import read_metrics, DataOpt, DataSeedOpt, OutOpt, SizeOpt, echo_done, handle_errors
 
 
 def register(app: typer.Typer, audit_app: typer.Typer, attack_app: typer.Typer) -> None:
@@ -63,7 +63,9 @@ def unlearn(model: Path = typer.Option(..., "--model", help="run folder of the t
     run = unlearn_run(model, data, forget, method, out, reference=reference, compare_retrain=compare_retrain,
                       from_run=from_run, data_seed=data_seed, seed=seed, epochs=epochs, lr=lr, size=size,
                       tolerance=tolerance, overwrite=overwrite)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = read_metrics(run)
+    if metrics is None:
+        return
     shown = " ".join(f"{k}={metrics[k]:.2f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
                      for k in ("UA", "RA", "TA", "MIA_efficacy", "RTE", "avg_gap"))
     typer.echo(shown)

@@ -84,6 +84,18 @@ def progress_callback(description: str):
     return callback
 
 
+def read_metrics(run: Path) -> dict | None:
+    """The finished run's ``metrics.json``; ``None`` on non-main ranks under torchrun (only rank 0
+    writes, and it may not have written yet), where commands print nothing."""
+    import json
+
+    from privkit.distributed import is_main_process
+
+    if not is_main_process():
+        return None
+    return json.loads((Path(run) / "metrics.json").read_text())
+
+
 def echo_done(run: Path, what: str = "report") -> None:
     from privkit.distributed import is_main_process
 

@@ -42,3 +42,11 @@ def test_peft_training_under_torchrun(tmp_path):
                    tmp_path, 29543)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert (tmp_path / "run" / "complete").exists()
+
+
+@pytest.mark.slow
+def test_i2i_training_under_torchrun(tmp_path):
+    res = torchrun(["train", "--task", "i2i", "--data", "digits", "--epochs", "1", "--out", "run"], tmp_path, 29545)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert (tmp_path / "run" / "complete").exists()
+    assert res.stdout.count("report:") == 1
