@@ -25,7 +25,9 @@ class SavedTransform(Protocol):
 
     schema: Any
 
-    def transform_batch(self, x, attrs):  # pragma: no cover - protocol
+    def transform_batch(self, x, attrs, indices=None, schema=None):  # pragma: no cover - protocol
+        """``x'`` for one batch; ``indices`` are the samples' dataset indices (for per-sample
+        randomness independent of batching), ``schema`` the data's schema."""
         ...
 
 
@@ -88,7 +90,9 @@ def transformed_batches(transform: SavedTransform, dataset, batch_size: int = 25
     if int(batch_size) < 1:
         raise ConfigError(f"--batch-size {batch_size} must be at least 1")
     for idx, x, attrs in dataset.batches(int(batch_size)):
-        yield idx, transform.transform_batch(x, attrs)
+        # sample indices and the data's schema let a transform draw per-sample randomness that does
+        # not depend on how the data is batched, and map labels by class name
+        yield idx, transform.transform_batch(x, attrs, indices=idx, schema=dataset.schema)
 
 
 def apply_transform(run_dir: str | Path, dataset, out_dir: str | Path, batch_size: int = 256) -> Path:

@@ -515,11 +515,13 @@ class MaSS:
 
     # -- transform ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor, indices=None) -> torch.Tensor:
         """Release ``x`` (a batch of shape ``(B, *input_shape)``): ``G(x, z)`` in eval mode.
 
-        The noise ``z`` is drawn from a generator seeded with ``seed`` at every call, so the output
-        is a deterministic function of ``x`` (and the same across processes and runs).
+        Sample ``i``'s noise ``z_i`` comes from a generator seeded with ``(seed, index_i)``, where
+        ``indices`` are the samples' indices in the dataset (default: positions in this batch), so
+        the release of a sample does not depend on the batch it was processed in, and is the same
+        across processes and runs.
         """
         self._check_fitted()
         x = torch.as_tensor(x, dtype=torch.float32)
@@ -529,13 +531,14 @@ class MaSS:
         self.generator_.eval()
         z = None
         if int(self.noise_dim):
-            g = torch.Generator().manual_seed(int(self.seed))
-            z = torch.randn(len(x), int(self.noise_dim), generator=g)
+            positions = range(len(x)) if indices is None else [int(i) for i in indices]
+            z = torch.stack([torch.randn(int(self.noise_dim), generator=torch.Generator().manual_seed(
+                int(self.seed) * 1_000_003 + int(i))) for i in positions]) if len(x) else torch.zeros(0, int(self.noise_dim))
         return self.generator_(x, z)
 
-    def transform_batch(self, x: torch.Tensor, attrs: torch.Tensor | None = None) -> torch.Tensor:
+    def transform_batch(self, x: torch.Tensor, attrs: torch.Tensor | None = None, indices=None, schema=None) -> torch.Tensor:
         """The transform-registry interface (:mod:`privkit.transforms`); labels are not used."""
-        return self.transform(x)
+        return self.transform(x, indices=indices)
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

@@ -166,7 +166,10 @@ def evaluation_split(dataset: AttributeDataset, attributes: Sequence[str], seed:
 
 def release_in_memory(transform, dataset: AttributeDataset, batch_size: int = 256) -> ArrayDataset:
     """The whole release as an in-memory dataset (for auditing; ``privkit transform`` streams instead)."""
-    xs = [transform.transform_batch(x, a).numpy() for _, x, a in dataset.batches(batch_size)]
+    from privkit.transforms import transformed_batches
+
+    # the same per-sample draws as `privkit transform` (indices into the dataset, not positions)
+    xs = [torch.as_tensor(x).detach().cpu().numpy() for _, x in transformed_batches(transform, dataset, batch_size)]
     return ArrayDataset(dataset.schema, np.concatenate(xs), dataset.labels, sample_ids=dataset.sample_ids)
 
 
