@@ -86,7 +86,17 @@ class DPClassifierTask(ClassifierTask):
         self.noise_multiplier = float(optimizer.noise_multiplier)
         self.sample_rate = 1.0 / len(dp_loader)
         self._loader = dp_loader
-        self.batch_source = lambda epoch: self._loader
+        self._sampler_generator = generator  # Opacus's Poisson sampler draws from the loader's generator
+        self._seed = int(seed)
+        self.batch_source = self._epoch_batches
+
+    def _epoch_batches(self, epoch: int):
+        """Opacus's Poisson-sampled batches of ``epoch``. The sampler is reseeded from ``(seed, epoch)``
+        so the batches of an epoch do not depend on what ran before: a resumed run replays exactly
+        the batches the interrupted one drew (secure_mode is off, so this costs no guarantee that
+        the run had)."""
+        self._sampler_generator.manual_seed(self._seed * 1_000_003 + int(epoch))
+        return self._loader
 
     def step(self, batch, epoch: int, step: int) -> dict[str, float]:
         x, attrs = batch

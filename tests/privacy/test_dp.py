@@ -74,3 +74,24 @@ def test_infeasible_epsilon_is_a_config_error():
     with pytest.raises(ConfigError, match="--target-epsilon"):
         DPClassifierTask(create("mlp", ds.schema, 2, hidden=8), ds, 0, ClassifierConfig(), DPConfig(1e-4, 1e-5, 1.0),
                          epochs=50, batch_size=50, seed=0)
+
+
+def test_dp_resume_gives_the_weights_and_epsilon_of_an_uninterrupted_run(tmp_path):
+    ds = _data(200)
+
+    def run(epochs, resume, ckpt):
+        torch.manual_seed(0)
+        model = create("mlp", ds.schema, 2, hidden=8)
+        task = DPClassifierTask(model, ds, 0, ClassifierConfig(lr=0.05, optimizer="sgd"), DPConfig(3.0, 1e-4, 1.0),
+                                epochs=3, batch_size=40, seed=0)
+        run_training(task, None, LoopConfig(epochs=epochs, batch_size=40, seed=0, progress=False),
+                     checkpoint_dir=ckpt, resume=resume)
+        from privkit.train import unwrap
+
+        return unwrap(task.nets["model"]).state_dict(), task.epsilon()
+
+    full, eps_full = run(3, False, None)
+    run(1, False, tmp_path / "ck")                      # "interrupted" after one epoch
+    resumed, eps_resumed = run(3, True, tmp_path / "ck")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert eps_resumed == pytest.approx(eps_full)
