@@ -3,9 +3,11 @@
 Reports, in one run:
 
 1. Jacobian rows (one row = one sample x one logit) per second of the chunked
-   ``vmap(jacrev)`` path against the reference notebook's per-sample, per-logit autograd loop
-   (target: >= 3x), and against the floor of C backward passes over the same samples, i.e.
-   C x the time of one forward + backward of the whole batch (target: within 1.5x).
+   ``vmap(jacrev)`` path and of the ``hooks`` path (one batched forward, C backwards to the
+   module outputs, per-sample gradients by einsum) against the reference notebook's
+   per-sample, per-logit autograd loop (target: >= 3x), and against the floor of C backward
+   passes over the same samples, i.e. C x the time of one forward + backward of the whole
+   batch (target: within 1.5x). The hooks Jacobian is also checked against the vmap one.
 2. Peak memory of building the full float64 Jacobian (the dual solver's working set) and of
    the streamed primal normal equations, against the analytic N*C*P*8 bytes bound. Measured
    as the peak-RSS growth (VmHWM after resetting it through /proc/self/clear_refs) in a fresh
@@ -158,6 +160,13 @@ def main(argv: list[str] | None = None) -> None:
     t_warm = time.perf_counter() - t_warm
     t_vmap = best_of(lambda: parameter_jacobian(model, x, chunk_size=args.chunk_size,
                                                 mode="rev"), args.repeats)
+    parameter_jacobian(model, x[:2], chunk_size=2, mode="hooks")  # warm-up, like vmap's
+    t_hooks = best_of(lambda: parameter_jacobian(model, x, chunk_size=args.chunk_size,
+                                                 mode="hooks"), args.repeats)
+    jac_vmap = parameter_jacobian(model, x, chunk_size=args.chunk_size, mode="rev")
+    jac_hooks = parameter_jacobian(model, x, chunk_size=args.chunk_size, mode="hooks")
+    hooks_error = float((jac_hooks - jac_vmap).abs().max() / jac_vmap.abs().max())
+    del jac_vmap, jac_hooks
     x_loop = x[:args.loop_samples]
     t_loop = best_of(lambda: per_sample_loop_jacobian(model, x_loop), 1)
     loop_rows_per_s = args.loop_samples * args.classes / t_loop
@@ -169,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     t_fb = best_of(forward_backward, args.repeats + 2)
     floor = args.classes * t_fb
     vmap_rows_per_s = rows / t_vmap
+    hooks_rows_per_s = rows / t_hooks
     print()
     print("| Jacobian path                          | rows/s     | seconds for N*C rows | vs loop |"
           " vs floor |")
@@ -178,12 +188,18 @@ def main(argv: list[str] | None = None) -> None:
           f"{rows / loop_rows_per_s:20.3f} |   1.00x | {rows / loop_rows_per_s / floor:7.2f}x |")
     print(f"| chunked vmap(jacrev) (privkit)         | {vmap_rows_per_s:10.0f} | {t_vmap:20.3f} | "
           f"{vmap_rows_per_s / loop_rows_per_s:6.2f}x | {t_vmap / floor:7.2f}x |")
+    print(f"| chunked hooks + einsum (privkit)       | {hooks_rows_per_s:10.0f} | "
+          f"{t_hooks:20.3f} | {hooks_rows_per_s / loop_rows_per_s:6.2f}x | {t_hooks / floor:7.2f}x |")
     print(f"| floor: C x (forward+backward of batch) | {rows / floor:10.0f} | {floor:20.3f} | "
           f"{(rows / floor) / loop_rows_per_s:6.2f}x |   1.00x |")
     print(f"(loop timed on {args.loop_samples} samples and scaled; torch.func first-call warm-up "
           f"{t_warm:.2f} s excluded)")
     print(f"targets: vmap >= 3x loop -> {'MET' if vmap_rows_per_s >= 3 * loop_rows_per_s else 'MISSED'}"
           f"; vmap within 1.5x of floor -> {'MET' if t_vmap <= 1.5 * floor else 'MISSED'}")
+    print(f"targets: hooks >= 3x loop -> "
+          f"{'MET' if hooks_rows_per_s >= 3 * loop_rows_per_s else 'MISSED'}"
+          f"; hooks within 1.5x of floor -> {'MET' if t_hooks <= 1.5 * floor else 'MISSED'}"
+          f"; hooks vs vmap max relative difference {hooks_error:.1e}")
 
     # ---- 2. Peak memory -----------------------------------------------------------------------
     bound = rows * n_params * 8

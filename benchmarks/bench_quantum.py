@@ -7,7 +7,7 @@
 (c) the success pattern: 2 qubits single-shot, 6 qubits with and without the Kalman filter,
     batches of 2 and 3 on the 2-qubit entangled model, and DLG on the VQNN vs a classical MLP.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_quantum.py [--quick]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_quantum.py [--quick] [--repeats 10] [--skip-success]
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def throughput(repeats: int) -> list[tuple[str, float]]:
     rows = [("privkit torch statevector, backprop (sum-loss gradient)", timeit(privkit_backprop, repeats)),
             ("privkit per-sample gradients, autodiff",
              timeit(lambda: model.per_sample_gradients(x, y, theta0, method="autodiff"), repeats)),
-            ("privkit per-sample gradients, parameter shift (2P+1 circuits/input, one call)",
+            ("privkit per-sample gradients, adjoint (per layer, shared theta)",
+             timeit(lambda: model.per_sample_gradients(x, y, theta0, method="adjoint"), repeats)),
+            ("privkit per-sample gradients, parameter shift (2P+1 parameter sets x 64 inputs, one call)",
              timeit(lambda: model.per_sample_gradients(x, y, theta0), max(3, repeats // 4)))]
     try:
         import pennylane as qml
@@ -160,7 +162,7 @@ def main():
         print(f"  speed-up of privkit backprop vs the faster PennyLane config: {min(pennylane) / ours:.1f}x")
 
     print("\n(b) one attack iteration, 6 qubits, complex ansatz (2 layers, 36 params), N = 16, "
-          "one restart (193 candidates x autodiff per-sample gradients, one batched call)")
+          "one restart (193 candidates x adjoint per-sample gradients, one batched call)")
     print(f"  {attack_iteration(args.repeats):.2f} ms")
 
     if args.skip_success:

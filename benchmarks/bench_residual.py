@@ -1,11 +1,12 @@
 """Throughput of the residual-knowledge audit against the bare forward passes it cannot avoid.
 
-The audit classifies ``N * K`` perturbed inputs with *two* models (the unlearned one and the
-reference). The honest lower bound on its cost is therefore two bare batched forward passes over
-``N * K`` pre-made inputs, in the same batch size, in eval mode without gradients::
+The audit classifies ``N * K`` perturbed inputs per radius with *two* models (the unlearned one
+and the reference), at each of the T radii of ``--taus`` (default: the CLI's grid of five). The
+honest lower bound on its cost is therefore 2T bare batched forward passes over ``N * K`` pre-made
+inputs, in the same batch size, in eval mode without gradients::
 
-    baseline throughput = N*K / (t_forward(unlearned) + t_forward(reference))
-    audit throughput    = N*K / t_audit          (sampling, clipping, both forwards, counting, CI)
+    baseline throughput = T*N*K / (T * (t_forward(unlearned) + t_forward(reference)))
+    audit throughput    = T*N*K / t_audit        (sampling, clipping, both forwards, counting, CI)
     ratio               = audit throughput / baseline throughput     (target >= 0.8)
 
 Both are timed in the same run, best of ``--repeats``, after one warm-up.
@@ -69,7 +70,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench(name, forget, samples, batch_size, sampler, norm, repeats, device):
+def bench(name, forget, samples, batch_size, sampler, norm, repeats, device, taus):
     shape, unlearned = MODELS[name]()
     _, reference = MODELS[name]()
     unlearned.to(device).eval()
@@ -77,7 +78,7 @@ def bench(name, forget, samples, batch_size, sampler, norm, repeats, device):
     g = torch.Generator().manual_seed(0)
     x = torch.rand((forget, *shape), generator=g)
     y = torch.randint(0, 10, (forget,), generator=g)
-    n = forget * samples
+    n = forget * samples * len(taus)
     chunk = max(1, batch_size // samples) * samples  # the audit's own forward batch size
     inputs = torch.rand((n, *shape), generator=g).to(device)
 
@@ -89,7 +90,7 @@ def bench(name, forget, samples, batch_size, sampler, norm, repeats, device):
         _sync(device)
 
     def audit():
-        residual_knowledge(unlearned, reference, x, y, taus=(0.03,), norm=norm, sampler=sampler, samples=samples,
+        residual_knowledge(unlearned, reference, x, y, taus=taus, norm=norm, sampler=sampler, samples=samples,
                            batch_size=batch_size, seed=0)
         _sync(device)
 
@@ -117,6 +118,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=4096, help="most perturbed inputs per forward pass")
     parser.add_argument("--sampler", default="uniform", choices=["uniform", "gaussian"])
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    parser.add_argument("--taus", default="0.01,0.02,0.03,0.05,0.1",
+                        help="radii audited in one call (default: the CLI's grid)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
@@ -125,12 +128,14 @@ def main(argv=None):
     device = torch.device(args.device)
     names = list(MODELS) if args.model == "all" else [args.model]
     print(f"device={device} threads={args.threads} N={args.forget} K={args.samples} sampler={args.sampler} "
-          f"norm={args.norm}; baseline = bare forward of BOTH models over the same N*K inputs")
+          f"norm={args.norm} taus={args.taus}; baseline = bare forward of BOTH models over the same "
+          f"N*K inputs at every tau")
     header = f"{'model':<8} {'inputs':>8} {'batch':>6} {'bare 2x fwd/s':>14} {'audit/s':>12} {'ratio':>6}  target>=0.8"
     print(header)
     print("-" * len(header))
     for name in names:
-        row = bench(name, args.forget, args.samples, args.batch_size, args.sampler, args.norm, args.repeats, device)
+        row = bench(name, args.forget, args.samples, args.batch_size, args.sampler, args.norm, args.repeats, device,
+                    tuple(float(t) for t in args.taus.split(",")))
         ok = "ok" if row["ratio"] >= 0.8 else "BELOW"
         print(f"{row['model']:<8} {row['inputs']:>8} {row['batch']:>6} {row['bare_per_s']:>14,.0f} "
               f"{row['audit_per_s']:>12,.0f} {row['ratio']:>6.2f}  {ok}")

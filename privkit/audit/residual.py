@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privkit.errors import ConfigError
+from privkit.registry import Registry
 
 __all__ = [
     "NORMS",
@@ -72,10 +73,10 @@ __all__ = [
 NORMS = ("linf", "l2")
 
 #: name -> sampler; see :func:`register_sampler` for the signature.
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {}
+SAMPLERS = Registry("sampler")
 
 #: name -> confidence-interval function ``(values, confidence, rng) -> (low, high)``.
-CI_METHODS: dict[str, Callable[[np.ndarray, float, np.random.Generator], tuple[float, float]]] = {}
+CI_METHODS = Registry("confidence-interval method")
 
 # A generator seed is 64 bits; (seed, index) pairs are mixed into it with a large odd multiplier
 # so that neighbouring forget samples and neighbouring seeds give unrelated streams.
@@ -91,22 +92,12 @@ def register_sampler(name: str):
     ``(B, samples, *input_shape)``, each within the valid input range ``clip``. ``streams`` is a
     :class:`NoiseStreams` giving one random generator per sample.
     """
-
-    def decorate(fn):
-        SAMPLERS[name] = fn
-        return fn
-
-    return decorate
+    return SAMPLERS.register(name)
 
 
 def register_ci(name: str):
     """Register a confidence-interval method for the mean of per-sample ratios (decorator)."""
-
-    def decorate(fn):
-        CI_METHODS[name] = fn
-        return fn
-
-    return decorate
+    return CI_METHODS.register(name)
 
 
 class NoiseStreams:
@@ -126,6 +117,18 @@ class NoiseStreams:
     def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
         self.seeds = [int(s) for s in seeds]
         self.device = torch.device(device)
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def cached(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()`` once per ``key`` for these streams; later calls return the same tensor.
+
+        Every draw re-seeds, so drawing again would give the very same numbers: the cache only saves
+        the work when one chunk of samples is perturbed at several radii (common random numbers).
+        Callers must treat the returned tensor as read-only.
+        """
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     @classmethod
     def for_samples(cls, seed: int, indices: Sequence[int], device="cpu") -> "NoiseStreams":
@@ -202,20 +205,22 @@ def sample_ball(x: torch.Tensor, tau: float, norm: str, samples: int, streams: N
     shape = tuple(x.shape[1:])
     d = int(np.prod(shape)) if shape else 1
     if norm == "linf":
-        unit = streams.fill("rand", (samples, *shape))
-        # in place: (2U - 1) * tau + x, without extra temporaries of the (B, K, *s) size
-        out = unit.mul_(2.0 * tau).sub_(tau).add_(x.unsqueeze(1))
+        # W = 2U - 1, uniform in the unit L-inf ball; x' = x + tau W
+        def unit_ball():
+            return streams.fill("rand", (samples, *shape)).mul_(2.0).sub_(1.0)
     else:
-        def draw(g):
-            direction = torch.randn((samples, *shape), generator=g, device=streams.device)
-            radius = torch.rand((samples,), generator=g, device=streams.device).pow_(1.0 / d)
-            return direction, radius
+        def unit_ball():
+            def draw(g):
+                direction = torch.randn((samples, *shape), generator=g, device=streams.device)
+                radius = torch.rand((samples,), generator=g, device=streams.device).pow_(1.0 / d)
+                return direction, radius
 
-        direction, radius = streams.per_sample(draw)
-        direction = direction / _flat_norm(direction, 2).clamp_min(1e-12)
-        radius = radius.reshape(*radius.shape, *([1] * len(shape)))
-        out = direction.mul_(radius * tau).add_(x.unsqueeze(1))
-    return _clip(out, clip)
+            direction, radius = streams.per_sample(draw)
+            direction = direction / _flat_norm(direction, 2).clamp_min(1e-12)
+            return direction.mul_(radius.reshape(*radius.shape, *([1] * len(shape))))
+    # the unit draws are the same at every tau, so they are made once per chunk of samples
+    unit = streams.cached(("ball", norm, samples, shape), unit_ball)
+    return _clip(torch.add(x.unsqueeze(1), unit, alpha=tau), clip)
 
 
 @register_sampler("uniform")
@@ -235,8 +240,8 @@ def gaussian_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, **o
     shape = tuple(x.shape[1:])
     d = int(np.prod(shape)) if shape else 1
     sigma = tau if norm == "linf" else tau / math.sqrt(d)
-    noise = streams.fill("randn", (samples, *shape))
-    return _clip(noise.mul_(sigma).add_(x.unsqueeze(1)), clip)
+    noise = streams.cached(("randn", samples, shape), lambda: streams.fill("randn", (samples, *shape)))
+    return _clip(torch.add(x.unsqueeze(1), noise, alpha=sigma), clip)
 
 
 @register_sampler("pgd")
@@ -275,31 +280,44 @@ def pgd_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, steps: i
 # --------------------------------------------------------------------------------------------
 @register_ci("bootstrap")
 def bootstrap_ci(values: np.ndarray, confidence: float, rng: np.random.Generator,
-                 resamples: int = 2000) -> tuple[float, float]:
-    """Percentile bootstrap over forget samples (resamples them with replacement)."""
-    n = len(values)
+                 resamples: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap over forget samples (resamples them with replacement).
+
+    ``values`` is ``(N,)`` or ``(T, N)`` (one row per radius); every row is resampled with the same
+    index draws, so the bootstrap costs one set of ``resamples x N`` indices whatever T is. Returns
+    the lower and upper bounds, each shaped like ``values`` without its last axis.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    rows = values.reshape(-1, values.shape[-1])
+    n = rows.shape[1]
     if n == 1:
-        return float(values[0]), float(values[0])
-    means = np.empty(resamples)
+        bound = rows[:, 0].reshape(values.shape[:-1])
+        return bound.copy(), bound.copy()
+    means = np.empty((rows.shape[0], resamples))
     # resample in blocks so memory stays at block * n, not resamples * n
     block = max(1, min(resamples, 2_000_000 // n))
+    index_dtype = np.int32 if n < 2**31 else np.int64
     for start in range(0, resamples, block):
         stop = min(resamples, start + block)
-        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        index = rng.integers(0, n, size=(stop - start, n), dtype=index_dtype)
+        for t, row in enumerate(rows):
+            means[t, start:stop] = row[index].mean(axis=1)
     alpha = (1.0 - confidence) / 2.0
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
+    low, high = np.quantile(means, [alpha, 1.0 - alpha], axis=1)
+    return low.reshape(values.shape[:-1]), high.reshape(values.shape[:-1])
 
 
 @register_ci("t")
-def t_ci(values: np.ndarray, confidence: float, rng: np.random.Generator) -> tuple[float, float]:
-    """Student-t interval: mean +- t_{(1+c)/2, n-1} * s / sqrt(n)."""
+def t_ci(values: np.ndarray, confidence: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Student-t interval: mean +- t_{(1+c)/2, n-1} * s / sqrt(n), per row of ``(T, N)`` values."""
     from scipy import stats
 
-    n = len(values)
-    mean = float(values.mean())
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[-1]
+    mean = values.mean(axis=-1)
     if n == 1:
-        return mean, mean
-    half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1) * values.std(ddof=1) / math.sqrt(n))
+        return mean, mean.copy()
+    half = stats.t.ppf((1.0 + confidence) / 2.0, n - 1) * values.std(axis=-1, ddof=1) / math.sqrt(n)
     return mean - half, mean + half
 
 
@@ -419,14 +437,12 @@ def _check_config(taus, norm, sampler, samples, confidence, ci_method, clip) -> 
             raise ConfigError(f"tau={t:g} is not a positive radius; use values > 0 such as 0.01,0.03,0.1")
     if norm not in NORMS:
         raise ConfigError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r}; use one of {', '.join(sorted(SAMPLERS))}")
+    SAMPLERS.lookup(sampler)
     if int(samples) != samples or samples < 1:
         raise ConfigError(f"samples={samples} perturbations per forget sample; use an integer >= 1, e.g. 64")
     if not 0.0 < confidence < 1.0:
         raise ConfigError(f"confidence={confidence} must lie strictly between 0 and 1, e.g. 0.95")
-    if ci_method not in CI_METHODS:
-        raise ConfigError(f"unknown confidence-interval method {ci_method!r}; use one of {', '.join(sorted(CI_METHODS))}")
+    CI_METHODS.lookup(ci_method)
     if clip is not None and not (len(clip) == 2 and float(clip[0]) < float(clip[1])):
         raise ConfigError(f"clip={clip} must be a (low, high) pair with low < high, or None for no clipping")
     return taus_arr
@@ -536,15 +552,15 @@ def _neighbourhood_counts(model_for_sampler, models, x, y, taus, norm, sampler, 
 
 def _summarise(taus, k_m, k_a, samples, confidence, ci_method, seed) -> list[dict]:
     r = (k_m + 1.0) / (k_a + 1.0)
+    # one seeded generator for all radii: the bootstrap resamples the same forget samples at every tau
+    low, high = CI_METHODS[ci_method](r, confidence, np.random.default_rng([int(seed), 0]))
     rows = []
     for t, tau in enumerate(taus):
-        rng = np.random.default_rng([int(seed), t])
-        low, high = CI_METHODS[ci_method](r[t], confidence, rng)
         rows.append({
             "tau": float(tau),
             "mean_r_tau": float(r[t].mean()),
-            "ci_low": low,
-            "ci_high": high,
+            "ci_low": float(low[t]),
+            "ci_high": float(high[t]),
             "frac_above_1": float((r[t] > 1.0).mean()),
             "recognition_unlearned": float(k_m[t].sum() / (samples * k_m.shape[1])),
             "recognition_reference": float(k_a[t].sum() / (samples * k_a.shape[1])),

@@ -21,19 +21,15 @@ import numpy as np
 
 from privkit.data.datasets import AttributeDataset
 from privkit.errors import ConfigError, ResourceError, SchemaError
+from privkit.registry import Registry
 
 #: Registry: layout name -> writer class.
-WRITERS: dict[str, type["LayoutWriter"]] = {}
+WRITERS = Registry("writable layout")
 
 
 def register_writer(layout: str):
     """Class decorator registering a :class:`LayoutWriter` for ``layout``."""
-
-    def wrap(cls):
-        WRITERS[layout] = cls
-        return cls
-
-    return wrap
+    return WRITERS.register(layout)
 
 
 class LayoutWriter:
@@ -304,8 +300,7 @@ def write_released(dataset: AttributeDataset, batches: Iterable[tuple], out_dir:
         raise ConfigError(f"output folder {out_dir} already exists; choose a new --out or remove it")
     base, base_idx = dataset.base, np.asarray(dataset.base_indices)
     layout = base.schema.layout
-    if layout not in WRITERS:
-        raise ConfigError(f"cannot write released data in layout {layout!r}; writable layouts: {', '.join(WRITERS)}")
+    WRITERS.lookup(layout, "release data in one of these layouts, or convert it to npz first")
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
         if tmp.exists():

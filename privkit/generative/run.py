@@ -135,9 +135,7 @@ def method_params(method_name: str, *, alpha: float | None = None, epochs: int |
     """The options a method accepts among ``alpha``/``epochs``/``lr`` (``retrain`` has no alpha)."""
     from privkit.generative.unlearn import I2I_UNLEARNERS
 
-    if method_name not in I2I_UNLEARNERS:
-        raise ConfigError(f"unknown I2I unlearning method {method_name!r}; known methods: {', '.join(I2I_UNLEARNERS)}")
-    accepted = inspect.signature(I2I_UNLEARNERS[method_name].__init__).parameters
+    accepted = inspect.signature(I2I_UNLEARNERS.lookup(method_name).__init__).parameters
     if alpha is not None and not alpha >= 0:
         raise ConfigError(f"--alpha {alpha} must be >= 0 (the paper uses 0.1-0.2)")
     given = {"alpha": alpha, "epochs": epochs, "lr": lr}

@@ -29,25 +29,18 @@ from typing import Callable
 import torch
 
 from privkit.errors import ConfigError
+from privkit.registry import Registry
 
 __all__ = ["I2I_OPERATORS", "register_operator", "create_operator", "list_operators", "MaskOperator",
            "CenterCrop", "Outpaint"]
 
 #: name -> operator class, filled by :func:`register_operator`.
-I2I_OPERATORS: dict[str, type] = {}
+I2I_OPERATORS = Registry("I2I operator", name_attribute="name")
 
 
 def register_operator(name: str) -> Callable[[type], type]:
     """Class decorator registering an I2I input operator under ``name`` (sets ``cls.name``)."""
-
-    def deco(cls: type) -> type:
-        if name in I2I_OPERATORS:
-            raise ValueError(f"I2I operator {name!r} registered twice")
-        cls.name = name
-        I2I_OPERATORS[name] = cls
-        return cls
-
-    return deco
+    return I2I_OPERATORS.register(name)
 
 
 def list_operators() -> list[str]:
@@ -56,9 +49,7 @@ def list_operators() -> list[str]:
 
 def create_operator(name: str, mask: float = 0.5) -> "MaskOperator":
     """Operator ``name`` with centre-square side ``mask`` (unknown name -> ConfigError listing the known ones)."""
-    if name not in I2I_OPERATORS:
-        raise ConfigError(f"unknown I2I operator {name!r}; known operators: {', '.join(I2I_OPERATORS)}")
-    return I2I_OPERATORS[name](mask=mask)
+    return I2I_OPERATORS.lookup(name)(mask=mask)
 
 
 class MaskOperator:

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from privkit.errors import ConfigError
+from privkit.registry import Registry
 from privkit.generative.models import create_i2i, flatten_embedding
 from privkit.generative.tasks import MaskOperator
 from privkit.generative.train import I2IConfig, reconstruction_loss, train_i2i
@@ -96,20 +97,12 @@ class I2IUnlearnContext(UnlearnContext):
 
 
 #: name -> I2I unlearner class (separate from the classifier registry).
-I2I_UNLEARNERS: dict[str, type] = {}
+I2I_UNLEARNERS = Registry("I2I unlearning method", name_attribute="name")
 
 
 def register_i2i_unlearner(name: str) -> Callable[[type], type]:
     """Class decorator registering an I2I unlearning method under ``name`` (sets ``cls.name``)."""
-
-    def deco(cls: type) -> type:
-        if name in I2I_UNLEARNERS:
-            raise ValueError(f"I2I unlearning method {name!r} registered twice")
-        cls.name = name
-        I2I_UNLEARNERS[name] = cls
-        return cls
-
-    return deco
+    return I2I_UNLEARNERS.register(name)
 
 
 def list_i2i_unlearners() -> list[str]:
@@ -118,10 +111,9 @@ def list_i2i_unlearners() -> list[str]:
 
 def get_i2i_unlearner(name: str, **params: Any):
     """An instance of I2I method ``name`` with ``params``, checked (ConfigError on unknown name/bad value)."""
-    if name not in I2I_UNLEARNERS:
-        raise ConfigError(f"unknown I2I unlearning method {name!r}; known methods: {', '.join(I2I_UNLEARNERS)}")
+    factory = I2I_UNLEARNERS.lookup(name)
     try:
-        method = I2I_UNLEARNERS[name](**params)
+        method = factory(**params)
     except TypeError as e:
         raise ConfigError(f"bad options for I2I unlearning method {name!r}: {e}") from None
     method.check_params()

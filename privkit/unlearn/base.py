@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from privkit.errors import ConfigError
+from privkit.registry import Registry
 
 __all__ = [
     "TrainingRecipe",
@@ -173,20 +174,12 @@ class Unlearner(Protocol):
 
 
 #: name -> unlearner class, filled by :func:`register_unlearner`.
-UNLEARNERS: dict[str, type] = {}
+UNLEARNERS = Registry("unlearning method", name_attribute="name")
 
 
 def register_unlearner(name: str) -> Callable[[type], type]:
     """Class decorator registering an :class:`Unlearner` under ``name`` (sets ``cls.name``)."""
-
-    def deco(cls: type) -> type:
-        if name in UNLEARNERS:
-            raise ValueError(f"unlearning method {name!r} registered twice")
-        cls.name = name
-        UNLEARNERS[name] = cls
-        return cls
-
-    return deco
+    return UNLEARNERS.register(name)
 
 
 def _ensure_loaded() -> None:
@@ -210,10 +203,9 @@ def get_unlearner(name: str, **params: Any) -> Unlearner:
         Unknown method (the message lists the known ones) or unknown hyperparameter.
     """
     _ensure_loaded()
-    if name not in UNLEARNERS:
-        raise ConfigError(f"unknown unlearning method {name!r}; known methods: {', '.join(UNLEARNERS)}")
+    method = UNLEARNERS.lookup(name)
     try:
-        return UNLEARNERS[name](**params)
+        return method(**params)
     except TypeError as e:
         raise ConfigError(f"bad options for unlearning method {name!r}: {e}") from None
 

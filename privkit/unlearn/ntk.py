@@ -590,8 +590,11 @@ def ntk_unlearn(
         :math:`\\lambda_{D_r} = N_r\\,wd` (notebook, retraining recipe) or :math:`N\\,wd`.
     max_memory_bytes : int, optional
         Memory budget for the guard (default: memory available now).
-    jacobian_mode : {"auto", "rev", "fwd"}
-        Passed to :func:`~privkit.unlearn.jacobian.parameter_jacobian`.
+    jacobian_mode : {"auto", "hooks", "rev", "fwd"}
+        Passed to :func:`~privkit.unlearn.jacobian.parameter_jacobian`: ``hooks`` (one forward, C
+        backward passes to the layer outputs, per-sample gradients in closed form per layer; ``auto``
+        picks it whenever every selected parameter sits in a supported layer) or ``vmap`` of
+        ``jacrev``/``jacfwd``.
     inplace : bool
         Update ``model`` itself instead of a deep copy.
 

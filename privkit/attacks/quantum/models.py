@@ -19,14 +19,23 @@ import math
 import numpy as np
 import torch
 
-from privkit.attacks.quantum.circuits import ANSATZE, CircuitSpec, build_circuit, expval_z_all
+from privkit.attacks.quantum.circuits import (ANSATZE, CircuitSpec, build_circuit, compile_layered, expval_z_all,
+                                             expval_z_grid)
 
 SHIFT = math.pi / 2
 
 READOUTS = {
-    "mean-z": lambda z: z.mean(dim=1),
-    "z0": lambda z: z[:, 0],
+    "mean-z": lambda z: z.mean(dim=-1),
+    "z0": lambda z: z[..., 0],
 }
+
+# the same readouts as weights on the qubits, f = sum_w weights_w <Z_w> (for the adjoint gradient)
+READOUT_WEIGHTS = {
+    "mean-z": lambda n: torch.full((n,), 1.0 / n, dtype=torch.float64),
+    "z0": lambda n: torch.eye(n, dtype=torch.float64)[0],
+}
+
+GRADIENT_METHODS = ("parameter-shift", "autodiff", "adjoint")
 
 
 class VQNN:
@@ -96,32 +105,40 @@ class VQNN:
                              create_graph: bool = False) -> torch.Tensor:
         """``grad_theta L(x_b, y_b; theta)`` for every row ``b``, shape ``(B, P)``.
 
-        ``method="parameter-shift"`` evaluates all ``2P`` shifted circuits of all rows in one
-        batched simulator call; ``method="autodiff"`` gives every row its own copy of ``theta``
-        and backpropagates ``sum_b L_b`` once (row ``b`` only depends on copy ``b``, so the
-        gradient wrt the copies is the per-sample gradient). ``create_graph=True`` (autodiff only)
-        keeps the graph for second-order derivatives (DLG).
+        ``method="parameter-shift"`` evaluates the ``2P + 1`` parameter sets
+        ``theta, theta +- pi/2 e_k`` on every row in one batched simulator call (one
+        ``(2P + 1, 2^n, 2^n)`` product per layer on the fast path); ``method="autodiff"`` gives
+        every row its own copy of ``theta`` and backpropagates ``sum_b L_b`` once (row ``b`` only
+        depends on copy ``b``, so the gradient wrt the copies is the per-sample gradient);
+        ``method="adjoint"`` runs the adjoint method per layer with one shared ``theta``
+        (:meth:`~privkit.attacks.quantum.circuits._LayeredProgram.readout_and_jacobian`; cheapest,
+        differentiable wrt ``x`` by autodiff; circuits without the layered structure fall back to
+        autodiff). ``create_graph=True`` (autodiff only) keeps the graph for second-order
+        derivatives (DLG).
         """
         x = torch.as_tensor(x, dtype=self.dtype)
         y = torch.as_tensor(y, dtype=self.dtype)
         theta = torch.as_tensor(theta, dtype=self.dtype)
         batch, n_params = x.shape[0], self.n_params
-        if method == "autodiff":
+        if method not in GRADIENT_METHODS:
+            raise ValueError(f"unknown gradient method {method!r}; use one of {', '.join(GRADIENT_METHODS)}")
+        layered = compile_layered(self.spec)
+        if method == "adjoint" and layered is not None and theta.dim() == 1:
+            weights = READOUT_WEIGHTS[self.readout](self.n_qubits).to(self.dtype)
+            f, jacobian = layered.readout_and_jacobian(x, theta, weights)
+            return 2 * (f - y)[:, None] * jacobian
+        if method in ("autodiff", "adjoint"):
             with torch.enable_grad():
                 rows = theta.expand(batch, n_params).clone().requires_grad_(True)
                 loss = self.loss_per_sample(x, y, rows).sum()
                 (grad,) = torch.autograd.grad(loss, rows, create_graph=create_graph)
             return grad
-        if method != "parameter-shift":
-            raise ValueError(f"unknown gradient method {method!r}; use 'parameter-shift' or 'autodiff'")
         shifts = SHIFT * torch.cat([torch.eye(n_params, dtype=self.dtype),
                                     -torch.eye(n_params, dtype=self.dtype)])  # (2P, P)
         thetas = torch.cat([theta[None, :], theta[None, :] + shifts])  # (2P + 1, P)
-        x_rep = x.repeat_interleave(thetas.shape[0], dim=0)
-        theta_rep = thetas.repeat(batch, 1)
-        f = self.forward(x_rep, theta_rep).reshape(batch, 2 * n_params + 1)
-        df = (f[:, 1:1 + n_params] - f[:, 1 + n_params:]) / 2
-        return 2 * (f[:, :1] - y[:, None]) * df
+        f = READOUTS[self.readout](expval_z_grid(self.spec, x, thetas))  # (2P + 1, B)
+        df = (f[1:1 + n_params] - f[1 + n_params:]).T / 2  # (B, P)
+        return 2 * (f[0] - y)[:, None] * df
 
     def client_gradient(self, x, y, theta, *, method: str = "parameter-shift") -> torch.Tensor:
         """What a client shares: ``g = sum_b grad_theta L(x_b, y_b; theta)``, shape ``(P,)``."""
