@@ -24,12 +24,15 @@ from privkit.attacks.quantum import FiniteDifferenceInversion, TanhMLP, VQNN, dl
 from privkit.attacks.quantum.tasks import load_task
 
 
-def timeit(fn, repeats: int) -> float:
-    """Median wall time (ms) of ``fn`` after two warm-up calls."""
+def timeit(fn, repeats: int, min_seconds: float = 0.5) -> float:
+    """Median wall time (ms) of ``fn`` after two warm-up calls, over at least ``repeats`` calls and
+    at least ``min_seconds`` of calls (on a shared machine a few-millisecond call needs many
+    samples for a stable median)."""
     fn()
     fn()
     times = []
-    for _ in range(repeats):
+    began = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - began < min_seconds:
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)

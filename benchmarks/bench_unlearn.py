@@ -87,6 +87,13 @@ def run_scenario(name: str, sc: dict, methods: list[str], epochs: int, root: Pat
                      fmt(m["avg_gap"]), f"n_forget={len(req.forget)} n_retain={len(req.retain)} "
                                         f"train={train_seconds:.1f}s" + extra])
         print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
+        if method == "retrain":
+            # the original model, not unlearned: the gap every method starts from
+            m = unlearning_metrics(req.model, req.retain, req.forget, req.test, req.context.target, 0.0,
+                                   reference=ref, seed=seed)
+            rows.append([name, "(original)", fmt(m["UA"]), fmt(m["RA"]), fmt(m["TA"]), fmt(m["MIA_efficacy"]), "–",
+                         fmt(m["avg_gap"]), "before unlearning"])
+            print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
     return rows
 
 
@@ -104,8 +111,18 @@ def _peak_growth_mib(rss0: int) -> float:
 
 PEFT_REQUESTS = ("random=0.1", "random=0.05", "class=3")
 
+#: PEFT scenarios of the Fast-NTK table: dataset, target, data options, deletion requests.
+PEFT_SCENARIOS = {
+    "digits": dict(data="digits", target="digit", data_options={}, requests=PEFT_REQUESTS),
+    "faces": dict(data="synthetic-faces", target="identity", data_options={"image_size": (32, 32)},
+                  requests=("attr=identity:p001", "random=0.05")),
+    "orl": dict(data=None, target="identity", data_options={"image_size": (56, 46)},
+                requests=("attr=identity:s7", "random=0.05")),
+}
 
-def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, requests: int) -> list[list]:
+
+def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, requests: int | tuple[str, ...],
+                 data_options: dict | None = None) -> list[list]:
     """Fast-NTK per request vs retraining the same PEFT parameters with the same recipe.
 
     ``privkit train --peft bn`` keeps the NTK state over D (one-off, ``ntk_state_fit_seconds``); the
@@ -123,19 +140,22 @@ def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, req
     from privkit.unlearn.peft import train_peft_run
     from privkit.unlearn.run import prepare_request, run_method, unlearn_run
 
-    ds = load_dataset(data)
-    run = root / f"peft-{data}"
+    ds = load_dataset(data, **(data_options or {}))
+    run = root / f"peft-{Path(data).name}"
     train_peft_run(ds, data, target, run, peft="bn", epochs=epochs, lr=1e-2, weight_decay=5e-4, seed=seed,
                    progress=False)
     one_off = json.loads((run / "meta.json").read_text())["ntk_state_fit_seconds"]
     rows = []
-    for r, forget in enumerate(PEFT_REQUESTS[:requests]):
+    forgets = PEFT_REQUESTS[:requests] if isinstance(requests, int) else requests
+    for r, forget in enumerate(forgets):
         req = prepare_request(run, data, forget, data_seed=0, seed=seed, dataset=ds)
         retrained, t_retrain, _ = run_method(get_unlearner("retrain"), req)
         ref = unlearning_metrics(retrained, req.retain, req.forget, req.test, target, t_retrain, seed=seed)
+        # the original model, not unlearned at all: how far it already is from retraining
+        m_orig = unlearning_metrics(req.model, req.retain, req.forget, req.test, target, 0.0, reference=ref, seed=seed)
         shot, t_shot, shot_info = run_method(get_unlearner("fast-ntk", kept_state="off"), req)
         m_shot = unlearning_metrics(shot, req.retain, req.forget, req.test, target, t_shot, reference=ref, seed=seed)
-        out = root / f"fast-ntk-{r}"
+        out = root / f"fast-ntk-{Path(data).name}-{r}"
         unlearn_run(run, data, forget, "fast-ntk", out, data_seed=0, seed=seed, dataset=ds, progress=False)
         costs = json.loads((out / "meta.json").read_text())["ntk_costs"]
         t_request = json.loads((out / "metrics.json").read_text())["RTE"]
@@ -144,8 +164,8 @@ def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, req
                                     seed=seed)
         rows.append([data, forget, len(req.forget), shot_info["ntk"]["P"], fmt(t_retrain), fmt(t_shot),
                      f"{t_retrain / t_shot:.1f}x", fmt(one_off), costs["path"], fmt(t_request),
-                     f"{t_retrain / t_request:.1f}x", fmt(costs.get("upkeep_seconds")), fmt(m_kept["UA"]), fmt(ref["UA"]), fmt(m_shot["avg_gap"]),
-                     fmt(m_kept["avg_gap"])])
+                     f"{t_retrain / t_request:.1f}x", fmt(costs.get("upkeep_seconds")), fmt(m_kept["UA"]), fmt(ref["UA"]), fmt(m_orig["avg_gap"]),
+                     fmt(m_shot["avg_gap"]), fmt(m_kept["avg_gap"])])
         print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
     return rows
 
@@ -162,7 +182,8 @@ def main() -> None:
                                                      "(default: all, or digits in --quick)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all registered)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of the base models (default 5, quick 2)")
-    p.add_argument("--peft-requests", type=int, default=2, help="deletion requests timed on the PEFT model")
+    p.add_argument("--peft-requests", type=int, default=2, help="deletion requests timed on the digits PEFT model")
+    p.add_argument("--peft-data", default="digits", help="comma-separated PEFT scenarios: digits,faces,orl")
     p.add_argument("--orl", type=Path, default=DEFAULT_ORL)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -194,11 +215,19 @@ def main() -> None:
         print("\n### Fast-NTK on a PEFT (bn) model vs retraining the same PEFT parameters with the same recipe\n")
         print("| data | forget | n_forget | P | retrain s | fast-ntk one-shot s | speed-up one-shot | "
               "state fit s (one-off, at train) | fast-ntk path (`privkit unlearn`) | per-request s (RTE) | "
-              "speed-up per request | state upkeep s (after request) | UA | UA retrain | avg_gap one-shot | "
-              "avg_gap kept state |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
-        if args.peft_requests:
-            peft_speedup("digits", "digit", epochs, root, args.seed, args.peft_requests)
+              "speed-up per request | state upkeep s (after request) | UA | UA retrain | avg_gap original (no "
+              "unlearning) | avg_gap one-shot | avg_gap kept state |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        for key in filter(None, args.peft_data.split(",")):
+            sc = dict(PEFT_SCENARIOS[key])
+            if key == "orl":
+                if not args.orl.is_dir():
+                    print(f"skipping PEFT orl: {args.orl} not found")
+                    continue
+                sc["data"] = str(args.orl)
+            requests = args.peft_requests if key == "digits" else sc["requests"]
+            if requests:
+                peft_speedup(sc["data"], sc["target"], epochs, root, args.seed, requests, sc["data_options"])
 
 
 if __name__ == "__main__":

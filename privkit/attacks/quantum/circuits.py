@@ -306,17 +306,20 @@ class _LayeredProgram:
     ``U(theta) = M_L ... M_1``, ``M_l = Pi_l K_l``: ``K_l = R_{l,0} (x) ... (x) R_{l,n-1}`` is the
     Kronecker product of the single-qubit rotations of layer ``l`` (each ``R_{l,j}`` the product
     of its qubit's Pauli rotations) and ``Pi_l`` the basis permutation of the CNOTs that close the
-    layer. So the state is ``L`` dense ``2^n x 2^n`` products of a whole batch instead of one
-    small kernel per gate:
+    layer. ``K_l = H_l (x) W_l`` splits into the Kronecker products of the first ``h = ceil(n/2)``
+    qubits and of the rest, so with the state of each row reshaped to a ``2^h x 2^(n-h)`` matrix
+    ``Psi``, ``K_l psi = H_l Psi W_l^T``: a layer is two small batched matrix products and a gather
+    for the whole batch instead of one small kernel per gate (and ``2^(n/2)`` times fewer
+    operations than the dense ``2^n x 2^n`` product):
 
     * angle encoding ``R_X(x_j)`` on ``|0>^n`` gives the product state
       ``e_i(x) = (-i)^{|i|} prod_j [cos(x_j/2) if bit_j(i) = 0 else sin(x_j/2)]``, built by ``n``
       outer products of 2-vectors;
     * any other encoding (the ZZ feature map) runs gate by gate on the general program, still
       one batched call;
-    * ``theta`` of shape ``(P,)`` builds one ``K_l`` per layer, ``(S, P)`` a stack ``(S, ...)``
-      (all parameter-shifted copies at once), ``(B, P)`` with one set per input row applies each
-      row's ``R_{l,j}`` on its own row (``n L`` batched 2x2 contractions).
+    * ``theta`` of shape ``(P,)`` builds one ``(H_l, W_l)`` per layer; ``(S, P)`` in
+      :meth:`final_state_grid` a stack over parameter sets applied to every input (all
+      parameter-shifted copies at once); ``(B, P)`` one pair per input row.
 
     :meth:`readout_and_jacobian` gives ``df_b/dtheta`` for every row by the adjoint method at
     layer granularity (below). Everything is plain torch, so autodiff also works through it.
@@ -390,6 +393,7 @@ class _LayeredProgram:
         self.layer_ops = [torch.nonzero(self.op_layer == l).reshape(-1) for l in range(self.n_layers)]
         signs = sim.z_signs(n)  # (2^n, n)
         self.z_signs = signs
+        self.n_high = (n + 1) // 2
         self.bits = (1 - signs.T) / 2  # (n, 2^n): bit_j(i)
         self.flip = torch.arange(2 ** n)[None, :] ^ (1 << torch.arange(n - 1, -1, -1))[:, None]  # (n, 2^n)
 
@@ -430,38 +434,55 @@ class _LayeredProgram:
             slots = padded[..., self.table[..., d], :, :] @ slots
         return slots
 
+    def layer_factors(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``K_l = H_l (x) W_l`` for every layer: the Kronecker products ``H_l`` of the first
+        ``ceil(n/2)`` qubits' rotations, ``(..., L, 2^h, 2^h)``, and ``W_l`` of the rest,
+        ``(..., L, 2^(n-h), 2^(n-h))``."""
+        slots = self.slot_matrices(theta)
+        high = kron_qubits(slots[..., :self.n_high, :, :])
+        if self.n_high == self.n_qubits:
+            low = torch.ones(high.shape[:-2] + (1, 1), dtype=high.dtype, device=high.device)
+        else:
+            low = kron_qubits(slots[..., self.n_high:, :, :])
+        return high, low
+
     def layer_matrices(self, theta: torch.Tensor) -> torch.Tensor:
-        """``K_l`` for every layer, ``(..., L, 2^n, 2^n)``."""
+        """The dense ``K_l`` for every layer, ``(..., L, 2^n, 2^n)`` (for inspection and tests)."""
         return kron_qubits(self.slot_matrices(theta))
+
+    def _apply(self, state: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        """``K psi`` for ``K = H (x) W`` without forming ``K``: with ``psi`` reshaped to a
+        ``2^h x 2^(n-h)`` matrix ``Psi`` (qubit 0 most significant), ``K psi = H Psi W^T``."""
+        grid = state.reshape(*state.shape[:-1], high.shape[-1], low.shape[-1])
+        out = high @ grid @ low.mT
+        return out.reshape(*out.shape[:-2], -1)
 
     # -- forward -------------------------------------------------------------------------------------
     def final_state(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """``U(theta) |e(x)>``: ``(B, 2^n)`` for ``theta (P,)`` or ``(B, P)``; ``(S, B, 2^n)`` from
-        :meth:`final_state_grid`."""
-        state = self.encode(x)
-        if theta.dim() == 1:
-            layers = self.layer_matrices(theta)
-            for l in range(self.n_layers):
-                state = self._permute(state @ layers[l].mT, l)
-            return state
-        if theta.shape[0] != x.shape[0]:
+        """``U(theta) |e(x)>``, ``(B, 2^n)``, for ``theta (P,)`` (shared) or ``(B, P)`` (one set per
+        row): per layer two small batched products ``H_l Psi W_l^T`` and a gather."""
+        if theta.dim() == 2 and theta.shape[0] != x.shape[0]:
             raise ValueError(f"theta has {theta.shape[0]} rows but x has {x.shape[0]}; pass (P,) or (B, P)")
-        slots = self.slot_matrices(theta)  # (B, L, n, 2, 2)
-        batch, n = x.shape[0], self.n_qubits
+        state = self.encode(x)
+        high, low = self.layer_factors(theta)  # (L, ...) or (B, L, ...)
         for l in range(self.n_layers):
-            for j in range(n):
-                view = state.reshape(batch, 2 ** j, 2, 2 ** (n - j - 1))
-                state = torch.einsum("bik,bxky->bxiy", slots[:, l, j], view).reshape(batch, -1)
-            state = self._permute(state, l)
+            state = self._permute(self._apply(state, high[..., l, :, :], low[..., l, :, :]), l)
         return state
 
     def final_state_grid(self, x: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
         """Every parameter set on every input: ``thetas (S, P)``, ``x (B, n)`` -> ``(S, B, 2^n)``;
-        one ``(S, 2^n, 2^n)`` batched product per layer."""
+        per layer one ``(S, B)``-batched pair of small products."""
         state = self.encode(x)
-        layers = self.layer_matrices(thetas)  # (S, L, 2^n, 2^n)
+        high, low = self.layer_factors(thetas)  # (S, L, ...)
+        n_sets, batch = thetas.shape[0], x.shape[0]
+        dh, dl = high.shape[-1], low.shape[-1]
+        state = state.expand(n_sets, batch, -1)
         for l in range(self.n_layers):
-            state = self._permute(state @ layers[:, l].mT, l)
+            # one (S)-batched product per factor with the inputs folded into the columns/rows,
+            # instead of S * B tiny products
+            grid = state.reshape(n_sets, batch, dh, dl).transpose(1, 2).reshape(n_sets, dh, batch * dl)
+            grid = (high[:, l] @ grid).reshape(n_sets, dh * batch, dl) @ low[:, l].mT
+            state = self._permute(grid.reshape(n_sets, dh, batch, dl).transpose(1, 2).reshape(n_sets, batch, -1), l)
         return state
 
     def _permute(self, state: torch.Tensor, layer: int) -> torch.Tensor:
@@ -501,16 +522,16 @@ class _LayeredProgram:
         psi_L`` (``O = sum_w weights_w Z_w``, diagonal), a rotation ``q`` on qubit ``j`` of layer
         ``l`` gives ``d f / d theta_q = 2 Re <chi_l| G_q^{(j)} |phi_l>``; the 2x2 transition matrix
         ``T_j[a, b] = sum_{i: bit_j(i) = a} conj(chi_i) phi_{i with bit_j = b}`` is computed for
-        all qubits at once. Cost: ``2 L`` products ``(B, 2^n) x (2^n, 2^n)``.
+        all qubits at once. Cost: ``2 L`` layer applications of the whole batch.
 
         Returns ``f (B,)`` and ``J (B, P)``.
         """
-        layers = self.layer_matrices(theta)
+        high, low = self.layer_factors(theta)
         generators = self.generators(theta)
         state = self.encode(x)
         after_rotations = []
         for l in range(self.n_layers):
-            state = state @ layers[l].mT
+            state = self._apply(state, high[l], low[l])
             after_rotations.append(state)
             state = self._permute(state, l)
         cdtype = state.dtype
@@ -539,7 +560,7 @@ class _LayeredProgram:
                 value = (g[:, 0, 0] * t00[:, w] + g[:, 0, 1] * t01[:, w]
                          + g[:, 1, 0] * t10[:, w] + g[:, 1, 1] * t11[:, w])
                 jacobian = jacobian.index_add(1, self.op_param[ops].to(x.device), 2 * value.real)
-            costate = chi @ layers[l].conj()
+            costate = self._apply(chi, high[l].mH, low[l].mH)  # K^dagger chi
         return readout, jacobian
 
 
