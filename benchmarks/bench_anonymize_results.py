@@ -29,7 +29,10 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_anonymize_results.py --quick
     OMP_NUM_THREADS=1 python benchmarks/bench_anonymize_results.py --datasets orl motion
-    OMP_NUM_THREADS=1 python benchmarks/bench_anonymize_results.py --datasets fsdd --max-records 1200
+    OMP_NUM_THREADS=1 python benchmarks/bench_anonymize_results.py --quick --datasets fsdd --max-records 600
+
+Each FSDD release costs about a minute (Griffin-Lim resynthesis, attackers on waveforms): the full
+sweep there takes tens of minutes on one core.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from privkit.unlearn.jacobian import parameter_jacobian, per_sample_loop_jacobian
-    from privkit.unlearn.ntk import NTKState, estimate_memory, ntk_unlearn
+    from privkit.unlearn.ntk import NTKState, activation_footprint, estimate_memory, ntk_unlearn
 
     torch.manual_seed(0)
     model = make_cnn(args.classes, args.size, args.width)
@@ -208,15 +208,16 @@ def main(argv: list[str] | None = None) -> None:
     print("|----------------------------------------|--------------:|----------------:|--------------:|")
     for kind, solver in (("dual", "dual"), ("primal", "primal")):
         measured = run_probe(kind, args)
-        est = estimate_memory(args.n, args.classes, n_params, solver, args.chunk_size)
+        est = estimate_memory(args.n, args.classes, n_params, solver, args.chunk_size,
+                              activations=activation_footprint(model, dict(model.named_parameters()), x))
         # The probe builds J (dual) or J^T J and J^T r (primal), not the solve's extra copies.
-        est_probe = est["jacobian_chunk"] + (est["jacobian_full"] if kind == "dual"
-                                             else n_params * n_params * 8)
+        est_probe = est["jacobian_chunk"] + est["activations"] + (
+            est["jacobian_full"] if kind == "dual" else n_params * n_params * 8)
         label = ("full float64 J (dual solver)" if kind == "dual"
                  else "streamed J^T J, J^T r (primal solver)")
         print(f"| {label:38s} | {fmt_bytes(measured)} | {fmt_bytes(est_probe)}  | "
               f"{fmt_bytes(bound)} |")
-    print("(measured: peak-RSS growth in a fresh process; estimate: jacobian chunk + "
+    print("(measured: peak-RSS growth in a fresh process; estimate: jacobian chunk + layer outputs + "
           "J or the P x P accumulator)")
 
     # ---- 3. NTKState: one-off vs per-request -----------------------------------------------------

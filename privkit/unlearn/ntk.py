@@ -80,6 +80,7 @@ __all__ = [
     "trapezium_scale",
     "available_memory_bytes",
     "estimate_memory",
+    "activation_footprint",
     "check_memory",
     "ntk_unlearn",
     "NTKState",
@@ -330,9 +331,50 @@ def available_memory_bytes() -> int | None:
         return None
 
 
+def activation_footprint(model: nn.Module, point: Mapping[str, Tensor], sample: Tensor) -> dict[str, int]:
+    """Bytes of layer outputs per sample, from one forward pass of one sample at ``point``.
+
+    Returns ``total`` (every leaf module's output: what autograd keeps for the backward passes),
+    ``largest`` (the biggest single output: a backward pass's transient buffer) and ``selected``
+    (outputs of the modules that own the parameters in ``point``: the per-logit gradients the
+    Jacobian holds for each of them). :func:`estimate_memory` turns these into the activation
+    part of the working set.
+    """
+    from torch.func import functional_call
+
+    owners = {name.rpartition(".")[0] for name in point}
+    sizes = {"total": 0, "largest": 0, "selected": 0}
+    handles = []
+
+    def record(module_name):
+        def hook(_module, _inputs, output):
+            if isinstance(output, Tensor):
+                n_bytes = output.numel() * output.element_size()
+                sizes["total"] += n_bytes
+                sizes["largest"] = max(sizes["largest"], n_bytes)
+                if module_name in owners:
+                    sizes["selected"] += n_bytes
+        return hook
+
+    for module_name, module in model.named_modules():
+        if not list(module.children()):
+            handles.append(module.register_forward_hook(record(module_name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            functional_call(model, {k: v.detach() for k, v in point.items()}, (sample[:1],))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
 def estimate_memory(
     n_samples: int, n_classes: int, n_params: int, solver: str,
     chunk_size: int = DEFAULT_CHUNK_SIZE, dtype: torch.dtype = torch.float32,
+    activations: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Peak bytes of one NTK forgetting run, by component.
 
@@ -354,12 +396,17 @@ def estimate_memory(
         on the high side, as a guard should.
     dtype : torch.dtype
         The model's dtype.
+    activations : dict, optional
+        Per-sample layer-output bytes from :func:`activation_footprint`. The Jacobian of a chunk of
+        :math:`n` samples keeps the forward graph (:math:`n \cdot` ``total``), the C per-logit
+        gradients of the selected layers' outputs (:math:`nC \cdot` ``selected``) and the
+        transient buffers of C batched backward passes (:math:`2nC \cdot` ``largest``). Without it
+        the activation term is 0, which underestimates convolutional models with many classes.
 
     Returns
     -------
     dict
-        ``jacobian_chunk``, ``jacobian_full``, ``system`` and ``total`` in bytes. Activation
-        memory of the vmapped backward pass is not included (it is model-specific).
+        ``jacobian_chunk``, ``activations``, ``jacobian_full``, ``system`` and ``total`` in bytes.
     """
     item = torch.empty((), dtype=dtype).element_size()
     rows = n_samples * n_classes
@@ -374,8 +421,13 @@ def estimate_memory(
         full, system = rows * n_params * 8, 3 * rows * rows * 8
     else:
         raise ConfigError(f"unknown NTK solver {solver!r}; choose 'primal', 'dual' or 'block'")
-    return {"jacobian_chunk": chunk, "jacobian_full": full, "system": system,
-            "total": chunk + full + system}
+    n_chunk = min(chunk_size, n_samples)
+    act = 0
+    if activations:
+        act = n_chunk * (int(activations.get("total", 0))
+                         + n_classes * (int(activations.get("selected", 0)) + 2 * int(activations.get("largest", 0))))
+    return {"jacobian_chunk": chunk, "activations": act, "jacobian_full": full, "system": system,
+            "total": chunk + act + full + system}
 
 
 def _gib(n_bytes: float) -> str:
@@ -385,7 +437,7 @@ def _gib(n_bytes: float) -> str:
 def check_memory(
     n_samples: int, n_classes: int, n_params: int, solver: str, chunk_size: int,
     dtype: torch.dtype = torch.float32, max_memory_bytes: int | None = None,
-    fewer_params: Mapping[str, int] | None = None,
+    fewer_params: Mapping[str, int] | None = None, activations: Mapping[str, int] | None = None,
 ) -> dict[str, int | None]:
     """Refuse, before anything is allocated, a configuration whose estimate does not fit.
 
@@ -394,14 +446,14 @@ def check_memory(
     them. Returns the estimate plus ``available``; raises :class:`ResourceError` naming the
     options (the other solver, a smaller chunk, fewer parameters) that would fit.
     """
-    estimate = dict(estimate_memory(n_samples, n_classes, n_params, solver, chunk_size, dtype))
+    estimate = dict(estimate_memory(n_samples, n_classes, n_params, solver, chunk_size, dtype, activations))
     budget = max_memory_bytes if max_memory_bytes is not None else available_memory_bytes()
     estimate["available"] = budget
     if budget is None or estimate["total"] <= budget:
         return estimate
 
     def fits(p: int, name: str, chunk: int) -> int | None:
-        need = estimate_memory(n_samples, n_classes, p, name, chunk, dtype)["total"]
+        need = estimate_memory(n_samples, n_classes, p, name, chunk, dtype, activations)["total"]
         return need if need <= budget else None
 
     options: list[str] = []
@@ -417,7 +469,7 @@ def check_memory(
     for kind, p in (fewer_params or {}).items():
         best = min(("primal", "dual"),
                    key=lambda s: estimate_memory(n_samples, n_classes, p, s, chunk_size,
-                                                 dtype)["total"])
+                                                 dtype, activations)["total"])
         if (need := fits(p, best, chunk_size)) is not None:
             options.append(f"--params {kind} --solver {best} (P={p}, {_gib(need)})")
     advice = ("would fit: " + "; ".join(options)) if options else (
@@ -627,7 +679,8 @@ def ntk_unlearn(
                           "one lambda for D and D_r; pass lambda_scaling='fixed'")
     dtype = next(iter(point.values())).dtype
     memory = check_memory(n_total, n_classes, n_params, chosen, chunk_size, dtype,
-                          max_memory_bytes, _fewer_params(model, params))
+                          max_memory_bytes, _fewer_params(model, params),
+                          activation_footprint(model, point, retain_x if n_retain else forget_x))
 
     t_jac = time.perf_counter()
     if chosen == "primal":
@@ -776,7 +829,8 @@ class NTKState:
         n_classes = _count_classes(model, point, x)
         dtype = next(iter(point.values())).dtype
         check_memory(x.shape[0], n_classes, n_params, "state", self.chunk_size, dtype,
-                     self.max_memory_bytes, _fewer_params(model, self.params))
+                     self.max_memory_bytes, _fewer_params(model, self.params),
+                     activation_footprint(model, point, x))
         gram, jtr = _normal_equations(model, point, x, y, self.loss, self.chunk_size,
                                       self.jacobian_mode)
         t_factor = time.perf_counter()

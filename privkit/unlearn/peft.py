@@ -222,16 +222,22 @@ def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None 
     return NTKState.load(path)
 
 
-def _ntk_state_memory_problem(model: nn.Module, names: list[str], n_samples: int, n_classes: int) -> str | None:
-    """Why the NTK state would not fit in memory (the memory guard's message), or ``None`` if it fits."""
+def _ntk_state_memory_problem(model: nn.Module, names: list[str], n_samples: int, n_classes: int,
+                              sample: torch.Tensor) -> str | None:
+    """Why the NTK state would not fit in memory (the memory guard's message), or ``None`` if it fits.
+
+    ``sample`` is one input (batch of one), used only to size the layer outputs the Jacobian holds.
+    """
     from privkit.errors import ResourceError
     from privkit.unlearn.methods_ntk import DEFAULT_NTK_CHUNK_SIZE
-    from privkit.unlearn.ntk import check_memory
+    from privkit.unlearn.ntk import activation_footprint, check_memory
 
     params = dict(model.named_parameters())
     n_params = sum(params[n].numel() for n in names)
+    point = {n: params[n] for n in names}
     try:
-        check_memory(n_samples, n_classes, n_params, "state", DEFAULT_NTK_CHUNK_SIZE, params[names[0]].dtype)
+        check_memory(n_samples, n_classes, n_params, "state", DEFAULT_NTK_CHUNK_SIZE, params[names[0]].dtype,
+                     activations=activation_footprint(model, point, sample))
     except ResourceError as exc:
         return str(exc)
     return None
@@ -287,7 +293,8 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
     cfg = ClassifierConfig(lr=lr, weight_decay=anchor, anchor_penalty=anchor, trainable=names)
     state_skipped = None
     if keep_ntk_state:
-        state_skipped = _ntk_state_memory_problem(model, names, len(fine_idx), attribute.num_classes)
+        state_skipped = _ntk_state_memory_problem(model, names, len(fine_idx), attribute.num_classes,
+                                                  ds[int(fine_idx[0])][0].unsqueeze(0))
     config: dict[str, Any] = {
         "data": str(data_spec), "size": size, "target": target, "model": model_name, "model_kwargs": dict(model_kwargs or {}),
         "epochs": epochs, "batch_size": batch_size, "seed": seed, "data_seed": data_seed,

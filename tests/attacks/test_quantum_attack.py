@@ -149,3 +149,39 @@ def test_validation_errors_are_one_line_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match) as info:
         validate_attack_config(**kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_kalman_builds_velocity_along_a_consistent_descent_direction():
+    from privkit.attacks.quantum.inversion import _KalmanSmoother
+
+    step = 0.01
+    smoother = _KalmanSmoother(torch.zeros(3), 1e-2, 1e-2, velocity_decay=0.9)
+    position = torch.zeros(3)
+    moves = []
+    for _ in range(60):
+        predicted = smoother.predict()
+        # the SGD measurement from the predicted position under a constant gradient
+        new = smoother.update(predicted - step)
+        smoother.p = new
+        moves.append(float((position - new)[0]))
+        position = new
+    # steady state: each move is (k1 + k2 / (1 - rho)) * step > step (momentum), finite, monotone
+    assert moves[-1] > 2 * step
+    assert moves[-1] == pytest.approx(moves[-2], rel=1e-3)
+    k = _KalmanSmoother(torch.zeros(1), 1e-2, 1e-2, velocity_decay=1.0)
+    assert k.rho == 1.0
+
+
+def test_loss_based_cap_shrinks_the_window_as_the_loss_falls():
+    model, theta, x, y, g = _client()
+    attack = FiniteDifferenceInversion(model, theta, restarts=3, iterations=40, learning_rate=0.1,
+                                       fd_step=0.05, fd_points=16, plateau_patience=1000, seed=2).fit(g, y)
+    loss, points = attack.loss_history_, attack.fd_points_history_
+    cap = np.maximum(1, np.ceil(16 * np.sqrt(loss[:, :-1] / loss[:, :1])))
+    assert np.all(points[:, 1:] <= cap)
+    assert np.all(np.diff(points, axis=1) <= 0)  # N never grows
+    off = FiniteDifferenceInversion(model, theta, restarts=3, iterations=40, learning_rate=0.1, fd_step=0.05,
+                                    fd_points=16, plateau_patience=1000, seed=2,
+                                    fd_points_by_loss=False).fit(g, y)
+    assert np.all(off.fd_points_history_ == 16)
+    assert points.min() < 16  # the loss fell, so the cap acted

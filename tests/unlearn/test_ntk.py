@@ -14,6 +14,7 @@ from privkit.errors import ConfigError, ResourceError
 from privkit.unlearn.jacobian import flatten_parameters, parameter_jacobian, unflatten_parameters
 from privkit.unlearn.ntk import (
     NTKState,
+    activation_footprint,
     estimate_memory,
     forget_delta_block,
     forget_delta_two_solve,
@@ -295,8 +296,11 @@ def test_memory_guard_suggests_fewer_parameters_when_no_solver_fits():
     # Full parameters: P = 472, N C = 96; budget below both solvers but above --params bn's.
     p_all = sum(p.numel() for p in model.parameters())
     n, c = len(x), 4
-    need_all = min(estimate_memory(n, c, p_all, s, 4)["total"] for s in ("primal", "dual"))
-    need_bn = min(estimate_memory(n, c, 442, s, 4)["total"] for s in ("primal", "dual"))
+    # the guard sizes the layer outputs from one sample; the advice for fewer parameters reuses them
+    act = activation_footprint(model, dict(model.named_parameters()), x)
+    assert act["total"] >= act["largest"] > 0 and act["selected"] > 0
+    need_all = min(estimate_memory(n, c, p_all, s, 4, activations=act)["total"] for s in ("primal", "dual"))
+    need_bn = min(estimate_memory(n, c, 442, s, 4, activations=act)["total"] for s in ("primal", "dual"))
     assert need_bn < need_all
     with pytest.raises(ResourceError, match=r"--params bn --solver dual \(P=442"):
         ntk_unlearn(model, w0, x[4:], y[4:], x[:4], y[:4], params="all", chunk_size=4,
