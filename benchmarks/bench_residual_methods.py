@@ -53,22 +53,11 @@ TARGET_TA_POINTS = 1.0
 
 
 def scenarios(orl: Path) -> dict[str, dict]:
-    """Scenarios and the recipe of their base model (``epochs=None``: ``--epochs``).
+    """The scenarios (and base-model recipes) of ``bench_unlearn.py``, which this benchmark shares."""
+    from bench_unlearn import scenarios as unlearn_scenarios
 
-    Faces are read at a reduced resolution with a higher learning rate and more epochs, as in
-    ``bench_unlearn.py``: at full size the small CNN's identity accuracy is too low (29 % on
-    synthetic-faces) for there to be anything to forget.
-    """
-    return {
-        "digits-class": dict(data="digits", target="digit", forget="class=3", size=None, epochs=None, lr=1e-3,
-                             data_options={}),
-        "digits-random": dict(data="digits", target="digit", forget="random=0.1", size=None, epochs=None, lr=1e-3,
-                              data_options={}),
-        "faces-identity": dict(data="synthetic-faces", target="identity", forget="attr=identity:p001", size=None,
-                               epochs=30, lr=3e-3, data_options={"image_size": (32, 32)}),
-        "orl-person": dict(data=str(orl), target="identity", forget="attr=identity:s7", size=None, epochs=15, lr=3e-3,
-                           data_options={"image_size": (56, 46)}, needs=orl),
-    }
+    shared = unlearn_scenarios(orl)
+    return {name: shared[name] for name in ("digits-class", "digits-random", "faces-identity", "orl-person")}
 
 
 def _row_at(per_tau: list[dict], tau: float) -> dict:
