@@ -57,7 +57,13 @@ def scenarios(orl: Path) -> dict[str, dict]:
     from bench_unlearn import scenarios as unlearn_scenarios
 
     shared = unlearn_scenarios(orl)
-    return {name: shared[name] for name in ("digits-class", "digits-random", "faces-identity", "orl-person")}
+    chosen = {name: dict(shared[name]) for name in ("digits-class", "digits-random", "faces-identity", "orl-person")}
+    # The CLASS_FIX rate (3e-3, tuned on digits) cost the fix 30 points of TA on the faces model even where
+    # there was no residual knowledge to remove: fine-tuning alone at that rate wrecks a 40-identity model
+    # trained on 560 images. Faces are fixed at their recipe's own rate.
+    for name in ("faces-identity", "orl-person"):
+        chosen[name]["fix_lr"] = 1e-3
+    return chosen
 
 
 def _row_at(per_tau: list[dict], tau: float) -> dict:
@@ -101,7 +107,7 @@ def run_scenario(name: str, sc: dict, methods: list[str], args, root: Path) -> t
             unlearn_run(base, sc["data"], sc["forget"], method, mdir, seed=args.seed, progress=False)
             audit_residual_run(mdir, sc["data"], sc["forget"], adir, reference_dir=ref, taus=args.taus,
                                headline_tau=head, samples=args.samples, seed=args.seed, fix=True,
-                               fix_options=args.fix_options or default_fix(sc["forget"]))
+                               fix_options=args.fix_options or default_fix(sc["forget"], sc.get("fix_lr")))
         except Exception as e:  # a failing method is a row of the table, not the end of the benchmark
             rows.append([method] + ["–"] * (len(headers) - 2) + [f"error: {type(e).__name__}: {str(e)[:80]}"])
             print("| " + " | ".join(rows[-1]) + " |", flush=True)
@@ -223,9 +229,9 @@ CLASS_FIX: dict = {"sampler": "uniform", "epochs": 3, "lr": 3e-3, "lam": 1.0, "t
 SAMPLES_FIX: dict = {"sampler": "uniform", "epochs": 3, "lr": 1e-3, "lam": 0.1, "tau": 0.03}
 
 
-def default_fix(forget_spec: str) -> dict:
-    return dict(SAMPLES_FIX if forget_spec.startswith(("random=", "ids=")) else CLASS_FIX)
-
-
-if __name__ == "__main__":
-    main()
+def default_fix(forget_spec: str, fix_lr: float | None = None) -> dict:
+    """RURK options for a forget request (:data:`CLASS_FIX` or :data:`SAMPLES_FIX`), ``lr`` overridden if given."""
+    options = dict(SAMPLES_FIX if forget_spec.startswith(("random=", "ids=")) else CLASS_FIX)
+    if fix_lr is not None:
+        options["lr"] = float(fix_lr)
+    return options

@@ -17,8 +17,24 @@ over embedding (or pixel) entries.
 The forget target is the *frozen* encoder's embedding of Gaussian noise :math:`n` put through the
 same operator :math:`T`; :math:`\mu, \Sigma` are the per-channel mean and variance of the forget
 batch and :math:`n` is clipped to the valid pixel range ``[0, 1]`` (:func:`gaussian_like`).
-:math:`\alpha \approx 0.1`-:math:`0.2` (default 0.15). :math:`D_R` may be a *proxy* set of other
-images (``--proxy-retain``): the retain term only needs :math:`E_{\theta_0}`'s embeddings, no labels.
+:math:`\alpha \approx 0.1`-:math:`0.2` in the paper (the default, 0.15). :math:`D_R` may be a *proxy*
+set of other images (``--proxy-retain``): the retain term only needs :math:`E_{\theta_0}`'s
+embeddings, no labels.
+
+Both terms are mean squared errors over the flattened embedding (for the U-Net: every skip level,
+the whole input of the frozen decoder), and each optimiser step pairs one retain batch with one
+forget batch of the same size, so :math:`\alpha` weighs the two terms per embedding entry. The
+split is the paper's: the encoder (U-Net down path with its skips; MAE patch embedding +
+Transformer encoder) trains, the decoder (U-Net up path; MAE Transformer decoder + pixel head)
+is frozen. An unlearning *epoch* is one pass over :math:`D_R` (the forget set is cycled), so its
+cost is about 1.5 training epochs (two frozen and two trainable encoder passes per step);
+unlearning pays off when it needs far fewer epochs than the original recipe.
+
+Defaults are the paper's (:math:`\alpha = 0.15`) and were *not* changed to the values tuned in
+``benchmarks/bench_i2i.py``: on the tiny CPU models there (8x8 digits, a U-Net of 8 channels),
+:math:`\alpha = 0.15` moves the forget Frechet distance only 2.6x and the benchmark uses
+:math:`\alpha = 0.5` with 3 epochs; that scale depends on the embedding size and on how close
+forget and retain images are, so it is no general default (see ``docs/benchmarks.md``).
 
 Baselines (as in the paper's section 5; each adds :math:`\alpha\times` its forget term to the
 reconstruction loss :math:`\ell` of :mod:`privkit.generative.train` on :math:`D_R`, and, like the

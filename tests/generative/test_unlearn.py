@@ -148,3 +148,35 @@ def test_inception_score_and_cosine():
     a = np.random.default_rng(0).normal(size=(5, 3))
     assert cosine_similarity(a, 2 * a) == pytest.approx(1.0)
     assert cosine_similarity(a, -a) == pytest.approx(-1.0)
+
+
+def test_li2024_terms_match_a_direct_computation_and_retain_term_starts_at_zero(trained):
+    # the paper's two terms, written out: retain = mean ||E(T(x_r)) - E0(T(x_r))||^2 (0 at theta = theta0),
+    # forget = mean ||E(T(x_f)) - E0(T(n))||^2 with the same noise draw; the decoder gets no gradient
+    import copy
+
+    from privkit.generative.unlearn import Li2024, _EncoderUnlearnTask
+
+    model, op, ds, forget, retain = trained
+    xf, _ = forget.materialize()
+    xr, _ = retain.materialize()
+    out = copy.deepcopy(model)
+    enc0 = copy.deepcopy(model.encoder).eval()
+    method = Li2024(alpha=0.15)
+    task = _EncoderUnlearnTask(method, out, enc0, xf, None, op, I2IRecipe(), seed=0)
+    with torch.no_grad():  # perturb the trainable encoder so both terms are non-trivial
+        for p in out.encoder.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    r_term, f_term = method.terms(task, xr[:16], xf[:16], 0, 0)
+    with torch.no_grad():
+        want_r = ((flatten_embedding(out.encoder(op(xr[:16]))) - flatten_embedding(model.encoder(op(xr[:16])))) ** 2).mean()
+        _, noise_emb = forget_target(model.encoder, op, xf[:16], task.generator(0, 0))
+        want_f = ((flatten_embedding(out.encoder(op(xf[:16]))) - noise_emb) ** 2).mean()
+    assert float(r_term) == pytest.approx(float(want_r), rel=1e-5) and float(want_r) > 0
+    assert float(f_term) == pytest.approx(float(want_f), rel=1e-5)
+    (r_term + 0.15 * f_term).backward()
+    assert all(p.grad is None for p in out.decoder.parameters())
+    assert all(p.grad is not None for p in out.encoder.parameters())
+    fresh = _EncoderUnlearnTask(method, copy.deepcopy(model), enc0, xf, None, op, I2IRecipe(), seed=0)
+    r0, _ = method.terms(fresh, xr[:16], xf[:16], 0, 0)
+    assert float(r0) == pytest.approx(0.0, abs=1e-10)
