@@ -285,7 +285,7 @@ def test_memory_guard_refuses_before_allocating_and_offers_the_dual(monkeypatch)
         raise AssertionError("the guard must refuse before any Jacobian is computed")
 
     monkeypatch.setattr(ntk, "iter_jacobian_chunks", no_jacobians)
-    budget = 50 * 1024**2  # primal needs 4 P^2 * 8 ~ 320 MiB; dual ~ 2 MiB
+    budget = 50 * 1024**2  # primal needs 5 P^2 * 8 ~ 400 MiB; dual ~ 2 MiB
     with pytest.raises(ResourceError, match=r"--solver primal.*would fit: --solver dual"):
         ntk_unlearn(model, w0, x[3:], y[3:], x[:3], y[:3], solver="primal",
                     max_memory_bytes=budget)
