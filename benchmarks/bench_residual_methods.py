@@ -199,7 +199,8 @@ def main(argv=None) -> None:
         parser.error(f"method(s) {bad} not benchmarked; choose from {[m for m in registered if m not in SKIPPED]}")
     print(f"taus={args.taus} headline tau={args.headline_tau:g} samples K={args.samples} sampler=uniform linf; "
           f"base model: {args.epochs} epochs; RURK fix options: "
-          + (str(args.fix_options) if args.fix_options else f"class/identity {CLASS_FIX}, random/ids {SAMPLES_FIX}"))
+          + (str(args.fix_options) if args.fix_options else f"class/identity {CLASS_FIX}, random/ids {SAMPLES_FIX}; "
+             "faces scenarios at lr 1e-3"))
     print("skipped: " + "; ".join(f"{k} ({v})" for k, v in SKIPPED.items()))
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
@@ -235,3 +236,7 @@ def default_fix(forget_spec: str, fix_lr: float | None = None) -> dict:
     if fix_lr is not None:
         options["lr"] = float(fix_lr)
     return options
+
+
+if __name__ == "__main__":
+    main()

@@ -126,3 +126,28 @@ def test_suppressed_attribute_faces_every_adversary_family(fitted, data):
     assert "ce_gender_linear" in fitted.history_[-1] and "ce_gender_mlp" in fitted.history_[-1]
     with pytest.raises(ConfigError, match="unknown adversary"):
         MaSS(suppress=["gender"], adversaries=["svm"]).fit(data)
+
+
+def test_preserved_attributes_face_every_adversary_family(fitted):
+    # the fresh audit attacks kept attributes with linear and MLP models too: each family needs its w_u
+    assert {"useful", "useful-linear", "useful-mlp", "gender", "gender-linear", "gender-mlp"} <= set(fitted.classifiers_)
+
+
+def test_pretraining_runs_at_least_min_steps(data, monkeypatch):
+    import privkit.train as train
+    from privkit.suppress.mass import MIN_PRETRAIN_STEPS
+
+    seen = []
+    real = train.train_classifier
+
+    def recording(model, dataset, attr, config, loop, **kw):
+        seen.append((len(dataset), loop.epochs, loop.batch_size))
+        return real(model, dataset, attr, config, loop, **kw)
+
+    monkeypatch.setattr(train, "train_classifier", recording)
+    small = data.subset(np.arange(64))
+    MaSS(suppress=["gender"], preserve=["useful"], epochs=1, batch_size=32, pretrain_epochs=1,
+         adversaries=["linear"]).fit(small)
+    assert len(seen) == 2
+    for n, epochs, batch in seen:
+        assert epochs * int(np.ceil(n / batch)) >= MIN_PRETRAIN_STEPS
