@@ -100,13 +100,14 @@ def memory_probe(args: argparse.Namespace) -> None:
     y = torch.randint(0, args.classes, (args.n,))
     point = {k: v.detach() for k, v in model.named_parameters()}
     # Warm up torch.func on two samples so its one-off allocations are in the baseline.
-    _stacked_jacobian(model, point, x[:2], y[:2], "ce", args.chunk_size, "rev")
+    # "auto" is the production path (hooks for this CNN), the one estimate_memory's activation term sizes
+    _stacked_jacobian(model, point, x[:2], y[:2], "ce", args.chunk_size, "auto")
     before = reset_peak_rss()
     if args.memory_probe == "dual":
-        jac, _ = _stacked_jacobian(model, point, x, y, "ce", args.chunk_size, "rev")
+        jac, _ = _stacked_jacobian(model, point, x, y, "ce", args.chunk_size, "auto")
         del jac
     else:
-        _normal_equations(model, point, x, y, "ce", args.chunk_size, "rev")
+        _normal_equations(model, point, x, y, "ce", args.chunk_size, "auto")
     print(json.dumps({"peak_growth": peak_rss() - before}))
 
 

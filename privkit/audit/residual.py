@@ -75,7 +75,9 @@ NORMS = ("linf", "l2")
 #: name -> sampler; see :func:`register_sampler` for the signature.
 SAMPLERS = Registry("sampler")
 
-#: name -> confidence-interval function ``(values, confidence, rng) -> (low, high)``.
+#: name -> confidence-interval function ``(values, confidence, rng) -> (low, high)``: ``values`` is
+#: ``(T, N)`` (one row of per-sample ratios per radius, or ``(N,)``) and the bounds are ``(T,)``
+#: (or scalars), so a method can share work across radii as the bootstrap does.
 CI_METHODS = Registry("confidence-interval method")
 
 # A generator seed is 64 bits; (seed, index) pairs are mixed into it with a large odd multiplier
@@ -96,7 +98,11 @@ def register_sampler(name: str):
 
 
 def register_ci(name: str):
-    """Register a confidence-interval method for the mean of per-sample ratios (decorator)."""
+    """Register a confidence-interval method for the mean of per-sample ratios (decorator).
+
+    The method is called as ``fn(values, confidence, rng)`` with ``values`` of shape ``(T, N)``, one
+    row per radius, and returns ``(low, high)``, each of shape ``(T,)``.
+    """
     return CI_METHODS.register(name)
 
 

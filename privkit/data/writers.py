@@ -300,7 +300,7 @@ def write_released(dataset: AttributeDataset, batches: Iterable[tuple], out_dir:
         raise ConfigError(f"output folder {out_dir} already exists; choose a new --out or remove it")
     base, base_idx = dataset.base, np.asarray(dataset.base_indices)
     layout = base.schema.layout
-    WRITERS.lookup(layout, "release data in one of these layouts, or convert it to npz first")
+    WRITERS.lookup(layout, f"data in layout {layout!r} cannot be written back; convert it to npz first")
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
         if tmp.exists():

@@ -338,7 +338,7 @@ class MaSS:
         InfoNCE term is minimised by the identity and, at weight 1, outweighs the suppression
         penalties (on synthetic-motion the generator then barely moved).
     adversaries : list of str
-        Adversary families each suppressed attribute faces (``model``: the modality's default
+        Adversary families every suppressed and preserved attribute faces (``model``: the modality's default
         classifier; ``linear``, ``mlp``: on standardised inputs, as the audit's fresh attackers).
         Each gives its own :math:`v_i`; :math:`H(S) - \\mathrm{CE}_S` lower-bounds :math:`I(X'; S)`
         for every classifier, so the constraint is only as tight as the best family faced.

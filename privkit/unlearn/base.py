@@ -191,7 +191,7 @@ def _ensure_loaded() -> None:
 def list_unlearners() -> list[str]:
     """Registered method names, in registration order."""
     _ensure_loaded()
-    return list(UNLEARNERS)
+    return UNLEARNERS.names()
 
 
 def get_unlearner(name: str, **params: Any) -> Unlearner:

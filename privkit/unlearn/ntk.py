@@ -398,9 +398,9 @@ def estimate_memory(
         The model's dtype.
     activations : dict, optional
         Per-sample layer-output bytes from :func:`activation_footprint`. The Jacobian of a chunk of
-        :math:`n` samples keeps the forward graph (:math:`n \cdot` ``total``), the C per-logit
-        gradients of the selected layers' outputs (:math:`nC \cdot` ``selected``) and the
-        transient buffers of C batched backward passes (:math:`2nC \cdot` ``largest``). Without it
+        :math:`n` samples keeps the forward graph (:math:`n \\cdot` ``total``), the C per-logit
+        gradients of the selected layers' outputs (:math:`nC \\cdot` ``selected``) and the
+        transient buffers of C batched backward passes (:math:`2nC \\cdot` ``largest``). Without it
         the activation term is 0, which underestimates convolutional models with many classes.
 
     Returns

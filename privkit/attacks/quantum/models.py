@@ -123,7 +123,7 @@ class VQNN:
         if method not in GRADIENT_METHODS:
             raise ValueError(f"unknown gradient method {method!r}; use one of {', '.join(GRADIENT_METHODS)}")
         layered = compile_layered(self.spec)
-        if method == "adjoint" and layered is not None and theta.dim() == 1:
+        if method == "adjoint" and layered is not None and theta.dim() == 1 and self.readout in READOUT_WEIGHTS:
             weights = READOUT_WEIGHTS[self.readout](self.n_qubits).to(self.dtype)
             f, jacobian = layered.readout_and_jacobian(x, theta, weights)
             return 2 * (f - y)[:, None] * jacobian
