@@ -26,7 +26,10 @@ def residual(model: Path = typer.Option(..., "--model", help="run folder of the 
              sampler: str = typer.Option("uniform", "--sampler", help="uniform | gaussian | pgd"),
              samples: int = typer.Option(64, "--samples", help="perturbations per forget sample"),
              seed: int = typer.Option(0, "--seed"), data_seed: int = DataSeedOpt, size: Optional[int] = SizeOpt,
-             fix: bool = typer.Option(False, "--fix", help="fine-tune with RURK and audit again"),
+             fix: bool = typer.Option(False, "--fix", help="fine-tune with RURK where residual knowledge is found, and "
+                                                           "audit again"),
+             fix_always: bool = typer.Option(False, "--fix-always",
+                                             help="with --fix: run RURK even when the audit finds nothing to fix"),
              fix_epochs: Optional[int] = typer.Option(None, "--fix-epochs"),
              fix_lambda: float = typer.Option(1.0, "--fix-lambda"),
              overwrite: bool = typer.Option(False, "--overwrite")) -> None:
@@ -36,7 +39,8 @@ def residual(model: Path = typer.Option(..., "--model", help="run folder of the 
     fix_options = {"lam": fix_lambda, **({"epochs": fix_epochs} if fix_epochs else {})}
     run = audit_residual_run(model, data, forget, out, reference_dir=reference, taus=tau, headline_tau=headline_tau,
                              norm=norm, sampler=sampler, samples=samples, seed=seed, data_seed=data_seed, size=size,
-                             fix=fix, fix_options=fix_options, overwrite=overwrite)
+                             fix=fix or fix_always, fix_options=fix_options, force_fix=fix_always,
+                             overwrite=overwrite)
     import json
 
     m = read_metrics(run)
@@ -46,5 +50,7 @@ def residual(model: Path = typer.Option(..., "--model", help="run folder of the 
         return
     head = m.get("after", m)
     typer.echo(f"mean r_tau {head['mean_r_tau']:.3f} [{head['ci_low']:.3f}, {head['ci_high']:.3f}], "
-               f"{100 * head['frac_above_1']:.1f}% above 1" + (" (after RURK)" if "after" in m else ""))
+               f"{100 * head['frac_above_1']:.1f}% above 1"
+               + ((" (after RURK)" if m.get("fix_applied") else " (no residual knowledge: RURK not needed, model "
+                   "unchanged)") if "after" in m else ""))
     echo_done(run)

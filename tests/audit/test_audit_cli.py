@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from privkit.cli.main import app
@@ -73,6 +74,26 @@ def test_audit_report_keys_and_fix_flow(runs):
     assert set(m["after"]) >= {"mean_r_tau", "ci_low", "ci_high", "frac_above_1"}
     assert m["after"]["mean_r_tau"] < m["before"]["mean_r_tau"]
     assert (runs / "runs/a2/fixed-model/weights.safetensors").exists()
+
+
+def test_fix_leaves_a_model_without_residual_knowledge_unchanged(runs):
+    # the retrained model audited against itself: r_tau = 1 for every sample, nothing to fix
+    args = ["audit", "residual", "--model", "runs/retrain", "--reference", "runs/retrain", "--data", "digits",
+            "--forget", "class=3", "--samples", "8", "--tau", "0.05"]
+    r = invoke(args + ["--fix", "--fix-epochs", "1", "--out", "runs/a4"], runs)
+    assert r.exit_code == 0, r.output
+    assert "RURK not needed" in r.output
+    m = json.loads((runs / "runs/a4/metrics.json").read_text())
+    assert m["fix_applied"] is False and m["fix_seconds"] == 0.0
+    assert m["before"]["frac_above_1"] == 0.0 and m["after"] == m["before"] and m["TA_after"] == m["TA_before"]
+    from privkit.models import load_model
+
+    audited, _ = load_model(runs / "runs/retrain")
+    kept, _ = load_model(runs / "runs/a4/fixed-model")
+    assert all(torch.equal(a, b) for a, b in zip(audited.state_dict().values(), kept.state_dict().values()))
+    r = invoke(args + ["--fix-always", "--fix-epochs", "1", "--out", "runs/a5"], runs)
+    assert r.exit_code == 0, r.output
+    assert json.loads((runs / "runs/a5/metrics.json").read_text())["fix_applied"] is True
 
 
 def test_heldout_tier_without_reference(runs):
