@@ -177,7 +177,7 @@ def audit_residual_run(model_dir: Path, data_spec: str, forget_spec: str, out: P
     """Audit an unlearned model's residual knowledge (and optionally fix it with RURK).
 
     With ``fix``, RURK fine-tunes the model only when the audit finds residual knowledge at the
-    headline radius (some forget sample with :math:`\hat r_\tau > 1`, or a mean above
+    headline radius (some forget sample with r_tau > 1, or a mean above
     :data:`FIX_THRESHOLD`): fine-tuning a model that passes can only cost utility (on the ORL
     benchmark it cut a model at retrain's test accuracy by 10 points). ``force_fix`` runs RURK
     regardless. Either way the run holds ``fixed-model`` and a ``before``/``after`` pair, and
