@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from privkit.cli.common import (BinsOpt, DataOpt, DataSeedOpt, OutOpt, SeedOpt, SizeOpt, echo_done, fail, handle_errors,
-                                load_data, parse_list)
+from privkit.cli.common import (BinsOpt, DataOpt, DataSeedOpt, ImageSizeOpt, OutOpt, SeedOpt, SizeOpt, echo_done, fail, handle_errors,
+                                load_data, parse_image_size, parse_list)
 
 
 def register(app: typer.Typer, audit_app: typer.Typer) -> None:
@@ -25,7 +25,7 @@ def train(data: str = DataOpt,
           epochs: int = typer.Option(10, "--epochs"), batch_size: int = typer.Option(64, "--batch-size"),
           lr: float = typer.Option(1e-3, "--lr"), weight_decay: float = typer.Option(0.0, "--weight-decay"),
           seed: int = SeedOpt, data_seed: int = DataSeedOpt, size: Optional[int] = SizeOpt,
-          bins: Optional[List[str]] = BinsOpt,
+          bins: Optional[List[str]] = BinsOpt, image_size: Optional[str] = ImageSizeOpt,
           dp: bool = typer.Option(False, "--dp", help="train with DP-SGD (Opacus)"),
           target_epsilon: float = typer.Option(8.0, "--target-epsilon"), delta: float = typer.Option(1e-5, "--delta"),
           max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
@@ -42,6 +42,9 @@ def train(data: str = DataOpt,
     from privkit.errors import ConfigError
     from privkit.models.registry import model_entry
 
+    if image_size is not None and (task == "i2i" or peft is not None):
+        raise ConfigError("--image-size applies to plain classifier training only (not --task i2i or --peft); "
+                          "resize the images beforehand or drop it")
     if task == "i2i":
         from privkit.cli.commands_i2i import i2i_train
 
@@ -62,7 +65,9 @@ def train(data: str = DataOpt,
 
     if model is not None:
         model_entry(model)
-    ds = load_data(data, size=size, bins=bins)
+    resize = parse_image_size(image_size)
+    ds = load_data(data, size=size, bins=bins, image_size=resize)
+    options = {k: v for k, v in (("bins", bins), ("image_size", list(resize) if resize else None)) if v}
     ds.schema.attribute(target)
     dp_cfg = {"target_epsilon": target_epsilon, "delta": delta, "max_grad_norm": max_grad_norm} if dp else None
     if peft is not None:
@@ -73,7 +78,7 @@ def train(data: str = DataOpt,
     else:
         run = train_run(data, target, out, model_name=model, epochs=epochs, batch_size=batch_size, lr=lr,
                         weight_decay=weight_decay, seed=seed, data_seed=data_seed, size=size, dp=dp_cfg, resume=resume,
-                        overwrite=overwrite, dataset=ds, data_options={"bins": bins} if bins else None)
+                        overwrite=overwrite, dataset=ds, data_options=options or None)
     echo_done(run)
 
 
@@ -97,13 +102,14 @@ def audit_attributes(data: str = DataOpt, out: Path = OutOpt,
                      attrs: Optional[str] = typer.Option(None, "--attrs", help="comma-separated attributes (default: all)"),
                      attackers: str = typer.Option("linear,mlp,cnn", "--attackers"),
                      seed: int = SeedOpt, size: Optional[int] = SizeOpt, bins: Optional[List[str]] = BinsOpt,
+                     image_size: Optional[str] = ImageSizeOpt,
                      overwrite: bool = typer.Option(False, "--overwrite")) -> None:
     """Train fresh attackers from scratch on DATA and report held-out accuracy vs chance per attribute."""
     from privkit.evaluate.attackers import attacker_table, fresh_attackers, list_attackers
     from privkit.evaluate.report import Report
     from privkit.io.rundir import RunDir
 
-    ds = load_data(data, size=size, bins=bins)
+    ds = load_data(data, size=size, bins=bins, image_size=parse_image_size(image_size))
     names = ds.schema.check_attributes(parse_list(attrs)) or ds.schema.attribute_names
     kinds = parse_list(attackers)
     if not kinds:

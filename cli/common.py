@@ -63,6 +63,24 @@ def load_data(spec: str, size: Optional[int] = None, seed: int = 0, bins: Option
                         **{k: v for k, v in kwargs.items() if v is not None})
 
 
+def parse_image_size(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"32"`` -> (32, 32), ``"56,46"`` -> (56, 46); anything else is a one-line ConfigError."""
+    if value is None:
+        return None
+    from privkit.errors import ConfigError
+
+    parts = parse_list(value)
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ConfigError(f"--image-size {value!r} must be HEIGHT,WIDTH positive integers (or one number), e.g. 32,32")
+    return sizes[0], sizes[1]
+
+
 def progress_callback(description: str):
     """A ``progress(done, total)`` callback drawing a rich progress bar on stderr."""
     state: dict = {}
@@ -106,6 +124,8 @@ def echo_done(run: Path, what: str = "report") -> None:
 
 DataOpt = typer.Option(..., "--data", help="dataset folder/file or built-in name (see `privkit datasets list`)")
 SizeOpt = typer.Option(None, "--size", help="number of samples when --data is a built-in dataset")
+ImageSizeOpt = typer.Option(None, "--image-size", help="resize images to HEIGHT,WIDTH (or one number for a square) "
+                                                       "before training; later commands on the run reuse it")
 BinsOpt = typer.Option(None, "--bin", help="bin a numeric attribute into named classes, e.g. age=25,35 (repeatable)")
 OutOpt = typer.Option(..., "--out", help="run folder to write")
 SeedOpt = typer.Option(0, "--seed", help="training seed")
