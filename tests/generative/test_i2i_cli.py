@@ -70,7 +70,7 @@ def test_docs_worked_example_runs_and_writes_the_metrics(workdir):
     m = json.loads((unlearn_out / "metrics.json").read_text())
     for key in ("forget_fd_ratio", "retain_fd_ratio", "forget_fd", "forget_fd_original", "forget_is", "forget_cosine",
                 "forget_accuracy", "forget_chance", "forget_psnr", "forget_ssim", "retain_psnr", "retain_ssim",
-                "unlearn_seconds", "retrain_seconds"):
+                "unlearn_seconds", "retrain_seconds", "forget_truth_accuracy", "retain_truth_accuracy"):
         assert m.get(key) is not None, key
     assert m["forget_fd_ratio"] == pytest.approx(m["forget_fd"] / m["forget_fd_original"])
     assert m["forget_chance"] == pytest.approx(0.1, abs=0.03)  # one digit class of ten
@@ -94,10 +94,13 @@ def test_unlearned_model_is_a_loadable_i2i_model_and_proxy_retain_runs(workdir, 
     proxy = ArrayDataset(Schema("image", (Attribute("k", ("a",)),), (1, 8, 8)),
                          rng.uniform(0, 1, size=(200, 1, 8, 8)).astype(np.float32), np.zeros((200, 1)))
     out = i2i_unlearn_run(model_dir, "digits", "class=3", "li2024", tmp_path / "proxy", proxy_retain="strokes",
-                          proxy_dataset=proxy, epochs=1, eval_epochs=2, progress=False)
+                          proxy_dataset=proxy, epochs=1, eval_epochs=2, eval_on_completions=True, progress=False)
     m = json.loads((out / "metrics.json").read_text())
     assert m["forget_fd_ratio"] is not None
-    assert json.loads((out / "config.json").read_text())["n_retain"] == 200
+    assert 0 <= m["forget_truth_accuracy"] <= 1 and 0 <= m["retain_truth_accuracy"] <= 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_retain"] == 200 and config["eval_on_completions"] is True
+    assert "original model completions" in (out / "report.html").read_text()
 
 
 def one_line_error(r):

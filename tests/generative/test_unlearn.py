@@ -180,3 +180,41 @@ def test_li2024_terms_match_a_direct_computation_and_retain_term_starts_at_zero(
     fresh = _EncoderUnlearnTask(method, copy.deepcopy(model), enc0, xf, None, op, I2IRecipe(), seed=0)
     r0, _ = method.terms(fresh, xr[:16], xf[:16], 0, 0)
     assert float(r0.detach()) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_completion_metrics_report_the_classifier_ceiling_on_ground_truth():
+    # truth_accuracy is the metric classifier on the real images: equal to `accuracy` when the completion is
+    # perfect, unchanged when the completion is wrecked (while `accuracy` then drops to a constant guess)
+    from privkit.generative.metrics import FeatureClassifier, completion_metrics
+
+    ds = blobs(160, seed=3)
+    evaluator = FeatureClassifier("shape", epochs=4, seed=0).fit(ds)
+    x, attrs = ds.materialize()
+    labels = attrs[:, 0].numpy()
+    perfect = completion_metrics(x.clone(), x, labels, evaluator)
+    assert perfect["truth_accuracy"] == perfect["accuracy"] > 0.9
+    assert perfect["fd"] == pytest.approx(0.0, abs=1e-6) and perfect["cosine"] == pytest.approx(1.0)
+    blank = completion_metrics(torch.zeros_like(x), x, labels, evaluator)
+    assert blank["truth_accuracy"] == perfect["truth_accuracy"]
+    # every blank image gets the same prediction, so accuracy is that class's share of the labels
+    assert blank["accuracy"] in {float((labels == k).mean()) for k in (0, 1)}
+    assert blank["fd"] > 0.1
+
+
+def test_metric_classifier_trained_on_completions_reads_them_and_keeps_the_real_prior():
+    # completions that look unlike real images (here: inverted) are misread by a classifier of real images only;
+    # fitting with completions= (same labels) teaches it to read them, without changing the class prior (chance)
+    from privkit.generative.metrics import FeatureClassifier
+
+    ds = blobs(200, seed=4)
+    x, attrs = ds.materialize()
+    labels = attrs[:, 0].numpy()
+    inverted = 1 - x
+    real_only = FeatureClassifier("shape", epochs=5, seed=0).fit(ds)
+    with_completions = FeatureClassifier("shape", epochs=5, seed=0).fit(ds, completions=inverted)
+    acc = lambda ev, imgs: float((ev.features_and_probs(imgs)[1].argmax(1) == labels).mean())  # noqa: E731
+    assert acc(with_completions, inverted) > 0.95 and acc(with_completions, x) > 0.95
+    assert acc(real_only, inverted) < 0.8
+    np.testing.assert_allclose(with_completions.class_prior_, np.bincount(labels, minlength=2) / len(labels))
+    with pytest.raises(ConfigError, match="one completion per image"):
+        FeatureClassifier("shape", epochs=1).fit(ds, completions=inverted[:10])
