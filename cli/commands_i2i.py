@@ -67,6 +67,10 @@ def i2i_unlearn(model: Path = typer.Option(..., "--model", help="run folder of `
                 epochs: Optional[int] = typer.Option(None, "--epochs", help="unlearning epochs"),
                 lr: Optional[float] = typer.Option(None, "--lr", help="unlearning learning rate"),
                 eval_epochs: int = typer.Option(8, "--eval-epochs", help="epochs of the metric classifier"),
+                eval_on_completions: bool = typer.Option(
+                    False, "--eval-on-completions",
+                    help="also train the metric classifier on the original model's completions of the training "
+                         "images (use when it reads every blurry completion as one class)"),
                 data_seed: Optional[int] = typer.Option(None, "--data-seed", help="must match training (default: it)"),
                 seed: Optional[int] = typer.Option(None, "--seed", help="unlearning seed (default: the training seed)"),
                 size: Optional[int] = SizeOpt,
@@ -79,7 +83,8 @@ def i2i_unlearn(model: Path = typer.Option(..., "--model", help="run folder of `
 
     run = i2i_unlearn_run(model, data, forget, method, out, alpha=alpha, proxy_retain=proxy_retain,
                           compare_retrain=compare_retrain, epochs=epochs, lr=lr, data_seed=data_seed, seed=seed,
-                          size=size, target=target, eval_epochs=eval_epochs, overwrite=overwrite)
+                          size=size, target=target, eval_epochs=eval_epochs,
+                          eval_on_completions=eval_on_completions, overwrite=overwrite)
     m = read_metrics(run)
     if m is None:
         return

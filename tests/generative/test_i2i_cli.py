@@ -133,3 +133,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, tmp_path):
     r = invoke(cases[0], tmp_path)
     assert "not an image-to-image model" in r.output
     assert "larger than the 8x8 image" in invoke(cases[1], tmp_path).output
+
+
+def test_cli_passes_eval_on_completions_through(workdir, tmp_path):
+    wd, commands = workdir
+    model_dir = wd / commands[0][commands[0].index("--out") + 1]
+    r = invoke(["i2i", "unlearn", "--model", model_dir, "--data", "digits", "--forget", "class=3", "--epochs", "1",
+                "--eval-epochs", "1", "--eval-on-completions", "--out", tmp_path / "c"], wd)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["eval_on_completions"] is True
