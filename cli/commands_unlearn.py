@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -12,6 +12,28 @@ from privkit.cli.common import read_metrics, DataOpt, DataSeedOpt, OutOpt, SizeO
 
 def register(app: typer.Typer, audit_app: typer.Typer, attack_app: typer.Typer) -> None:
     app.command("unlearn")(unlearn)
+
+
+def parse_method_options(values: Optional[List[str]]) -> dict:
+    """``["linearise=trained", "lam=0.5"]`` -> ``{"linearise": "trained", "lam": 0.5}``.
+
+    A value is read as JSON where it parses (numbers, true/false, null), else kept as a string.
+    """
+    import json
+
+    from privkit.errors import ConfigError
+
+    options: dict = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise ConfigError(f"--option {item!r} must be KEY=VALUE, e.g. --option linearise=pretrained")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw.strip()
+        options[key.strip().replace("-", "_")] = value
+    return options
 
 
 @handle_errors
@@ -33,6 +55,9 @@ def unlearn(model: Path = typer.Option(..., "--model", help="run folder of the t
             seed: Optional[int] = typer.Option(None, "--seed", help="unlearning seed (default: the training seed)"),
             epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs of an iterative method"),
             lr: Optional[float] = typer.Option(None, "--lr", help="learning rate of an iterative method"),
+            option: Optional[List[str]] = typer.Option(None, "--option",
+                                                       help="a method hyperparameter KEY=VALUE, e.g. linearise=pretrained "
+                                                            "or weighting=identity for fast-ntk (repeatable)"),
             size: Optional[int] = SizeOpt,
             tolerance: float = typer.Option(5.0, "--tolerance", help="points within which UA and MIA efficacy must "
                                                                      "match retrain for a positive verdict"),
@@ -49,6 +74,8 @@ def unlearn(model: Path = typer.Option(..., "--model", help="run folder of the t
     from privkit.errors import ConfigError
     from privkit.unlearn.run import unlearn_run
 
+    if task == "i2i" and option:
+        raise ConfigError("--option applies to classifier unlearning methods; for --task i2i use --alpha/--epochs/--lr")
     if task == "i2i":
         from privkit.cli.commands_i2i import i2i_unlearn
 
@@ -62,7 +89,7 @@ def unlearn(model: Path = typer.Option(..., "--model", help="run folder of the t
 
     run = unlearn_run(model, data, forget, method, out, reference=reference, compare_retrain=compare_retrain,
                       from_run=from_run, data_seed=data_seed, seed=seed, epochs=epochs, lr=lr, size=size,
-                      tolerance=tolerance, overwrite=overwrite)
+                      method_options=parse_method_options(option), tolerance=tolerance, overwrite=overwrite)
     metrics = read_metrics(run)
     if metrics is None:
         return

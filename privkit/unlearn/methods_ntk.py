@@ -8,11 +8,21 @@ Both apply the NTK forgetting step of Golatkar et al. (2020),
     w_{lin}(S) - w_0 = (J_S^T J_S + \lambda_S I)^{-1} J_S^T r_S, \quad \lambda_S = |S|\,wd,
 
 ``ntk`` over every parameter, ``fast-ntk`` (Li et al., 2024) over the parameter-efficient ones
-(BatchNorm affine + head, or prompt tokens + head). The linearisation point :math:`w_0` is the
-model's pretrained PEFT values (``w0.safetensors``, in ``context.w0``) for a model trained with
-``--peft``; for an ordinarily trained model no :math:`w_0` exists and the step linearises at the
-trained weights (what the reference notebook does in practice). :math:`wd` is the recipe's
-w0-penalty (``anchor_penalty``), else its weight decay, else ``5e-4``.
+(BatchNorm affine + head, or prompt tokens + head). :math:`wd` is the recipe's w0-penalty
+(``anchor_penalty``), else its weight decay, else ``5e-4``.
+
+**Linearisation point and weighting** (``linearise``, ``weighting``). For a model trained with
+``--peft`` the penalty is centred at the pretrained PEFT values :math:`w_0` (``w0.safetensors``,
+in ``context.w0``) and ``linearise="auto"`` means ``"trained"``: Jacobians and residuals at the
+trained weights :math:`w^*` with the Gauss-Newton weighting :math:`W = \mathrm{diag}(p) - pp^T`
+(``weighting="auto"`` = ``"ggn"`` there), i.e. a Newton step on the cross-entropy retraining
+objective from :math:`w^*` (:mod:`privkit.unlearn.ntk`, "Linearisation point"). It was chosen
+on evidence (``docs/benchmarks.md``, Fast-NTK on PEFT models): the paper's recipe,
+``linearise="pretrained"`` with ``weighting="identity"``, left the digits class request unchanged
+and moved the synthetic-faces identity request *away* from retraining. ``"pretrained"`` and
+``"identity"`` stay available. For an ordinarily trained model no :math:`w_0` exists:
+``"auto"`` means ``"init"`` (the initial weights, rebuilt from the training seed) with
+``"identity"``; ``"trained"`` there centres the penalty at the trained weights too.
 
 **Kept state** (issue point 6). A model trained with ``privkit train --peft`` keeps the NTK state
 over its training data :math:`D` (``ntk_state.safetensors``, see :mod:`privkit.unlearn.peft`):
@@ -27,11 +37,13 @@ reports ``path`` (``"kept-state"`` or ``"one-shot"``, with ``path_reason``), ``o
 (the fit at training time; 0 for one-shot) and ``per_request_seconds``. The downdated state (now
 over :math:`D_r`) is handed back in ``context.ntk_state_out`` (a :class:`PendingStateCommit`: the
 downdate is done after the request, as upkeep) so the unlearned run keeps it and the next request
-against the unlearned model is cheap as well.
+against the unlearned model is cheap as well. The state stays linearised where it was fitted (the
+original :math:`w^*`, or :math:`w_0`), so a chain of requests equals one request for their union
+from the original model, not a fresh step linearised at the unlearned weights.
 
 Which state is refused and which is merely not used: a state whose recipe differs from the one
-asked for (another ``weight_decay``, ``loss``, ``linearise`` or an explicit ``solver``, or
-``kept_state="off"``) is *not used* -- the step runs one-shot and ``path_reason`` says why. A state
+asked for (another ``weight_decay``, ``loss``, ``linearise``, ``weighting`` or an explicit ``solver``,
+or ``kept_state="off"``) is *not used* -- the step runs one-shot and ``path_reason`` says why. A state
 that claims to belong to the model but does not (checksum mismatch, unreadable file, other
 parameters, another :math:`w_0`, other training samples) is *refused* with a one-line
 :class:`~privkit.errors.ArtifactError`, before any output is written: a tampered artifact must
@@ -52,13 +64,20 @@ from privkit.errors import ArtifactError, ConfigError
 from privkit.unlearn.base import UnlearnContext, copy_model, fresh_model_like, register_unlearner
 
 __all__ = ["NTKUnlearner", "FastNTKUnlearner", "fast_ntk_kind", "DEFAULT_NTK_CHUNK_SIZE", "NTK_STATE_LOSS",
-           "NTK_STATE_LAMBDA_SCALING", "KEPT_STATE_MODES", "PendingStateCommit"]
+           "NTK_STATE_LAMBDA_SCALING", "KEPT_STATE_MODES", "LINEARISE_MODES", "WEIGHTING_MODES",
+           "PEFT_DEFAULT_LINEARISE", "DEFAULT_WEIGHTING", "PendingStateCommit"]
 
 #: Defaults of the methods below, which the state kept at training time is fitted with.
 DEFAULT_NTK_CHUNK_SIZE = 32
 NTK_STATE_LOSS = "ce"
 NTK_STATE_LAMBDA_SCALING = "per-set"  # lambda_S = |S| wd, as ntk_unlearn's default
 KEPT_STATE_MODES = ("auto", "off")
+LINEARISE_MODES = ("auto", "pretrained", "trained", "init")
+WEIGHTING_MODES = ("auto", "identity", "ggn")
+#: What ``linearise="auto"`` means for a model trained with ``--peft`` (the kept state's recipe).
+PEFT_DEFAULT_LINEARISE = "trained"
+#: What ``weighting="auto"`` means at each linearisation point (the kept state's recipe for PEFT models).
+DEFAULT_WEIGHTING = {"trained": "ggn", "pretrained": "identity", "init": "identity"}
 
 
 def fast_ntk_kind(model: nn.Module, recipe_peft: str | None = None) -> str:
@@ -123,9 +142,10 @@ class _NTKBase:
 
     def __init__(self, scale: float | str = 1.0, weight_decay: float | None = None, solver: str = "auto",
                  chunk_size: int = DEFAULT_NTK_CHUNK_SIZE, loss: str = NTK_STATE_LOSS, linearise: str = "auto",
-                 kept_state: str = "auto"):
+                 kept_state: str = "auto", weighting: str = "auto"):
         self.scale = scale
         self.linearise = linearise
+        self.weighting = weighting
         self.weight_decay = weight_decay
         self.solver = solver
         self.chunk_size = chunk_size
@@ -149,11 +169,18 @@ class _NTKBase:
 
     def _linearise_mode(self, context: UnlearnContext) -> str:
         mode = self.linearise
-        if mode not in ("auto", "pretrained", "init", "trained"):
-            raise ConfigError(f"linearise={mode!r}; choose auto, pretrained, init or trained")
+        if mode not in LINEARISE_MODES:
+            raise ConfigError(f"linearise={mode!r}; choose one of {', '.join(LINEARISE_MODES)}")
         if mode == "auto":
-            mode = "pretrained" if context.w0 is not None else "init"
+            mode = PEFT_DEFAULT_LINEARISE if context.w0 is not None else "init"
         return mode
+
+    def _weighting_mode(self, context: UnlearnContext) -> str:
+        if self.weighting not in WEIGHTING_MODES:
+            raise ConfigError(f"weighting={self.weighting!r}; choose one of {', '.join(WEIGHTING_MODES)}")
+        if self.weighting == "auto":
+            return DEFAULT_WEIGHTING[self._linearise_mode(context)]
+        return self.weighting
 
     def _kept_state(self, selected: dict, kind: str, context: UnlearnContext):
         """``(state, why)``: the verified kept NTK state that serves this request, or ``None`` and why not.
@@ -174,14 +201,21 @@ class _NTKBase:
             return None, f"the kept state covers the {meta.get('ntk_state_params')!r} parameters, this method " \
                          f"updates {kind!r}"
         mode = self._linearise_mode(context)
-        if mode != "pretrained":
-            return None, f"linearise={mode!r} was asked for; the kept state is linearised at w0"
+        if mode == "init":
+            return None, "linearise='init' was asked for; a kept state is linearised at w0 or the trained weights"
         if self.solver != "auto":
             return None, f"solver={self.solver!r} was asked for; the kept state is its own primal solver"
         wd = self._weight_decay(context)
         if not math.isclose(wd, float(meta.get("ntk_state_weight_decay", float("nan"))), rel_tol=1e-12):
             return None, f"weight_decay={wd:g} was asked for; the kept state uses {meta.get('ntk_state_weight_decay')}"
         state = load_ntk_state(context.model_dir, meta, data_fingerprint=context.train_fingerprint)
+        state_mode = "pretrained" if torch.equal(state.point_, state.w0_) else "trained"
+        if state_mode != mode:
+            return None, f"linearise={mode!r} was asked for; the kept state is linearised at the " \
+                         f"{'pretrained values w0' if state_mode == 'pretrained' else 'trained weights'}"
+        weighting = self._weighting_mode(context)
+        if state.weighting != weighting:
+            return None, f"weighting={weighting!r} was asked for; the kept state uses {state.weighting!r}"
         if state.loss != self.loss or state.lambda_scaling != NTK_STATE_LAMBDA_SCALING:
             return None, f"loss={self.loss!r} was asked for; the kept state uses loss={state.loss!r}, " \
                          f"lambda_scaling={state.lambda_scaling!r}"
@@ -199,22 +233,30 @@ class _NTKBase:
                                 f"the artifact was modified, re-create it with `privkit train --peft`")
         return state, f"{where} covers the model's {state.n_samples_} training samples with the same recipe"
 
-    def _w0(self, model: nn.Module, selected: dict, retain, context: UnlearnContext) -> tuple[dict, str]:
-        """The linearisation point and a phrase naming it (see the module docstring)."""
+    def _w0(self, model: nn.Module, selected: dict, retain, context: UnlearnContext
+            ) -> tuple[dict, dict | None, str]:
+        """``(anchor, linearisation point or None for the anchor itself, phrase)`` (module docstring)."""
         mode = self._linearise_mode(context)
+        pretrained = None
+        if context.w0 is not None:
+            pretrained = {n: context.w0[n] if n in context.w0 else p.detach().clone() for n, p in selected.items()}
         if mode == "pretrained":
-            if context.w0 is None:
+            if pretrained is None:
                 raise ConfigError("linearise='pretrained' needs a model trained with --peft (its w0.safetensors)")
-            return {n: context.w0[n] if n in context.w0 else p.detach().clone() for n, p in selected.items()}, \
-                "pretrained PEFT values w0"
+            return pretrained, None, "pretrained PEFT values w0"
         if mode == "trained":
-            return {n: p.detach().clone() for n, p in selected.items()}, "trained weights"
+            trained = {n: p.detach().clone() for n, p in selected.items()}
+            if pretrained is None:
+                # no w0 exists: the penalty is centred at the trained weights too (the notebook's practice)
+                return trained, None, "trained weights (penalty centred there: no w0)"
+            return pretrained, trained, "trained weights w*, penalty toward the pretrained values w0"
         # `privkit train` seeds torch with the training seed right before creating the model, so the
         # initial weights it started from are rebuilt exactly; the global RNG is left untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.recipe.seed)
             init = dict(fresh_model_like(model, retain.schema).named_parameters())
-        return {n: init[n].detach().clone() for n in selected}, f"initial weights (training seed {context.recipe.seed})"
+        return {n: init[n].detach().clone() for n in selected}, None, \
+            f"initial weights (training seed {context.recipe.seed})"
 
     def unlearn(self, model: nn.Module, retain, forget, val, *, context: UnlearnContext) -> nn.Module:
         from privkit.unlearn.jacobian import select_parameters
@@ -226,7 +268,8 @@ class _NTKBase:
             raise ConfigError(f"scale must be a number or 'trapezium', got {self.scale!r}")
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
-        w0, point = self._w0(model, selected, retain, context)
+        w0, linearise_at, point = self._w0(model, selected, retain, context)
+        weighting = self._weighting_mode(context)
         wd = self._weight_decay(context)
         t = context.target_index(retain)
         forget_x, forget_y = _x_y(forget, t)
@@ -247,10 +290,12 @@ class _NTKBase:
             retain_x, retain_y = _x_y(retain, t)
             updated, info = ntk_unlearn(copy_model(model), w0, retain_x, retain_y, forget_x, forget_y, params=kind,
                                         weight_decay=wd, scale=self.scale, solver=self.solver,
-                                        chunk_size=self.chunk_size, loss=self.loss, inplace=True)
+                                        chunk_size=self.chunk_size, loss=self.loss, inplace=True,
+                                        linearise_at=linearise_at, weighting=weighting)
             one_off = 0.0  # nothing is kept: every request pays for the Jacobians over all of D
         info = {k: v for k, v in info.items() if k != "delta"}
         info["linearisation_point"] = point
+        info["weighting"] = weighting
         info["weight_decay"] = wd
         info["path"] = "kept-state" if state is not None else "one-shot"
         info["path_reason"] = why
@@ -276,8 +321,12 @@ class NTKUnlearner(_NTKBase):
         Samples per vmapped Jacobian call.
     loss : {"ce", "mse"}
         Residual definition.
-    linearise : {"auto", "pretrained", "init", "trained"}
-        Linearisation point (module docstring).
+    linearise : {"auto", "pretrained", "trained", "init"}
+        Linearisation point (module docstring). ``auto``: ``trained`` for a ``--peft`` model,
+        ``init`` otherwise.
+    weighting : {"auto", "identity", "ggn"}
+        :math:`W` of the Gram matrix :math:`J^TWJ` (:func:`~privkit.unlearn.ntk.weighted_rows`).
+        ``auto``: ``ggn`` at the trained weights, ``identity`` at :math:`w_0` or the initial weights.
     kept_state : {"auto", "off"}
         ``auto`` serves the request from the run folder's kept NTK state when it matches (module
         docstring), else one-shot; ``off`` always runs one-shot.

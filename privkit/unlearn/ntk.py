@@ -37,10 +37,28 @@ Recipe choices (documented because the paper, the notebook and the issue differ 
   :math:`\\lambda_{D_r} = N_r\\,wd`), which is what a mean-loss fine-tuning recipe with penalty
   :math:`\\tfrac{wd}2\\lVert w-w_0\\rVert^2` retrained on :math:`D_r` gives. ``"fixed"`` uses
   :math:`\\lambda = N\\,wd` for both sets (needed by the dual Schur/block form).
-* **Linearisation point.** Jacobians and :math:`f_0` are taken at :math:`w_0` for the selected
-  parameters; the others (frozen in PEFT) and the buffers (BatchNorm statistics) are the model's.
-  The notebook, in practice, passes the trained model to its Jacobian loop; at :math:`w_0` the
-  derivation is exact for linear models (see the tests).
+* **Linearisation point.** By default Jacobians and :math:`f_0` are taken at :math:`w_0` for the
+  selected parameters; the others (frozen in PEFT) and the buffers (BatchNorm statistics) are the
+  model's. ``linearise_at=a`` takes them at another point, typically the trained weights
+  :math:`w^* = w(D)` (the notebook, in practice, passes the trained model to its Jacobian loop).
+  The penalty stays centred at :math:`w_0`, so the ridge problem in :math:`\\delta = w - a` is
+
+  .. math::
+
+      \\delta_S = w_{lin}(S) - a = (J_S^TWJ_S + \\lambda_S I)^{-1}\\,[\\,J_S^Tr_S(a) - \\lambda_S(a - w_0)\\,].
+
+  At :math:`a = w^*` the bracket is minus the gradient of
+  :math:`L_S(w) = \\sum_{i\\in S}\\ell_i(w) + \\tfrac{\\lambda_S}2\\lVert w-w_0\\rVert^2`, so
+  :math:`\\delta_S` is one Gauss-Newton step on :math:`L_S` from :math:`w^*`;
+  :math:`\\delta_D \\approx 0` when training reached the stationary point of :math:`L_D`, and the
+  update :math:`\\delta_{D_r} - \\delta_D` is then the Newton/influence step toward retraining,
+  exact for a linear model with the squared loss from any :math:`a` (see the tests).
+* **Weighting** :math:`W` (``weighting``). ``"identity"``: the Gram matrix :math:`J^TJ` of the
+  squared loss on the logits (the paper's form). ``"ggn"``: the generalised Gauss-Newton matrix
+  :math:`J^TWJ` with :math:`W = \\mathrm{diag}(p) - pp^T`, the Hessian of the cross-entropy in
+  the logits (:func:`weighted_rows`). With the CE residual only ``"ggn"`` is the curvature of the
+  loss the model was trained with: for confidently classified samples :math:`W \\approx 0`,
+  while the identity weighting overstates their curvature and shrinks the step.
 * **Scale** :math:`s`: ``1.0`` or ``"trapezium"`` (:func:`trapezium_scale`).
 """
 
@@ -72,6 +90,9 @@ __all__ = [
     "register_residual",
     "register_solver",
     "residual",
+    "WEIGHTINGS",
+    "register_weighting",
+    "weighted_rows",
     "ridge_delta_primal",
     "ridge_delta_dual",
     "choose_solver",
@@ -147,6 +168,60 @@ def residual(logits: Tensor, y: Tensor, loss: str = "ce") -> Tensor:
     except KeyError:
         raise ConfigError(f"unknown NTK loss {loss!r}; choose one of {sorted(RESIDUALS)}") from None
     return fn(logits.to(SOLVE_DTYPE), y)
+
+
+# --------------------------------------------------------------------------------------------
+# Curvature weighting W of the linearised loss: J^T W J = (M^T J)^T (M^T J) with M M^T = W
+# --------------------------------------------------------------------------------------------
+
+WeightingFn = Callable[[Tensor, Tensor, str], Tensor]
+WEIGHTINGS: dict[str, WeightingFn] = {}
+
+
+def register_weighting(name: str) -> Callable[[WeightingFn], WeightingFn]:
+    """Register ``fn(J (n, C, P) float64, logits (n, C) float64, loss) -> rows (n*C, P)``.
+
+    ``rows`` are :math:`M_i^T J_i` stacked, with :math:`M_iM_i^T = W_i` the weighting of sample
+    :math:`i`, so that :math:`\\mathrm{rows}^T\\mathrm{rows} = \\sum_i J_i^T W_i J_i`.
+    """
+
+    def decorate(fn: WeightingFn) -> WeightingFn:
+        WEIGHTINGS[name] = fn
+        return fn
+
+    return decorate
+
+
+@register_weighting("identity")
+def _identity_rows(jac: Tensor, logits: Tensor, loss: str) -> Tensor:
+    """:math:`W = I`: the squared loss on logits of Golatkar et al. and the reference notebook."""
+    return jac.reshape(-1, jac.shape[-1])
+
+
+@register_weighting("ggn")
+def _gauss_newton_rows(jac: Tensor, logits: Tensor, loss: str) -> Tensor:
+    """The generalised Gauss-Newton weighting: the Hessian of ``loss`` in the logits.
+
+    For cross-entropy :math:`W = \\mathrm{diag}(p) - pp^T` with :math:`p = \\mathrm{softmax}(f)`.
+    With :math:`s = \\sqrt p`, :math:`M = \\mathrm{diag}(s) - p\\,s^T` gives
+    :math:`MM^T = \\mathrm{diag}(p) - 2pp^T + pp^T\\,(s^Ts) = W` because :math:`s^Ts = 1`, so the
+    rows are :math:`M^TJ = s \\odot (J - \\mathbf 1\\,p^TJ)` and no :math:`C\\times C` matrix is
+    formed. For the squared loss the Hessian in the logits is :math:`I`.
+    """
+    if loss == "mse":
+        return _identity_rows(jac, logits, loss)
+    prob = torch.softmax(logits, dim=1)
+    mean_row = torch.einsum("nc,ncp->np", prob, jac)
+    return (prob.sqrt().unsqueeze(2) * (jac - mean_row.unsqueeze(1))).reshape(-1, jac.shape[-1])
+
+
+def weighted_rows(jac: Tensor, logits: Tensor, loss: str = "ce", weighting: str = "identity") -> Tensor:
+    """Rows :math:`M^TJ` of the weighted Gram matrix :math:`J^TWJ` (see :func:`register_weighting`)."""
+    try:
+        fn = WEIGHTINGS[weighting]
+    except KeyError:
+        raise ConfigError(f"unknown NTK weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}") from None
+    return fn(jac.to(SOLVE_DTYPE), logits.to(SOLVE_DTYPE), loss)
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,17 +601,33 @@ def _count_classes(model: nn.Module, point: Mapping[str, Tensor], x: Tensor) -> 
 
 
 def _normal_equations(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
-                      loss: str, chunk_size: int, mode: str) -> tuple[Tensor, Tensor]:
-    """Stream :math:`J^TJ` and :math:`J^Tr` over chunks (float64) without storing :math:`J`."""
+                      loss: str, chunk_size: int, mode: str, weighting: str = "identity"
+                      ) -> tuple[Tensor, Tensor]:
+    """Stream :math:`J^TWJ` and :math:`J^Tr` over chunks (float64) without storing :math:`J`."""
     n_params = sum(p.numel() for p in point.values())
     gram = torch.zeros(n_params, n_params, dtype=SOLVE_DTYPE)
     jtr = torch.zeros(n_params, dtype=SOLVE_DTYPE)
     for start, jac, logits in iter_jacobian_chunks(model, x, point, chunk_size, mode=mode):
         rows = jac.reshape(-1, n_params).to(SOLVE_DTYPE)
         res = residual(logits, y[start:start + logits.shape[0]], loss).reshape(-1)
-        gram.addmm_(rows.T, rows)
+        gram_rows = rows if weighting == "identity" else weighted_rows(jac, logits, loss, weighting)
+        gram.addmm_(gram_rows.T, gram_rows)
         jtr.addmv_(rows.T, res)
     return gram, jtr
+
+
+def _forget_terms(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
+                  loss: str, chunk_size: int, mode: str, weighting: str) -> tuple[Tensor, Tensor, int]:
+    """The forget set's Gram rows :math:`M^TJ_f` (m, P), :math:`J_f^Tr_f` (P,) and C."""
+    gram_rows, jtr, n_classes = [], None, 0
+    for start, jac, logits in iter_jacobian_chunks(model, x, point, chunk_size, mode=mode):
+        n_classes = jac.shape[1]
+        rows = jac.reshape(-1, jac.shape[-1]).to(SOLVE_DTYPE)
+        res = residual(logits, y[start:start + logits.shape[0]], loss).reshape(-1)
+        gram_rows.append(weighted_rows(jac, logits, loss, weighting))
+        jtr = rows.T @ res if jtr is None else jtr + rows.T @ res
+    assert jtr is not None  # callers refuse empty forget sets
+    return torch.cat(gram_rows), jtr, n_classes
 
 
 def _stacked_jacobian(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
@@ -616,6 +707,8 @@ def ntk_unlearn(
     max_memory_bytes: int | None = None,
     jacobian_mode: str = "auto",
     inplace: bool = False,
+    linearise_at: Mapping[str, Tensor] | None = None,
+    weighting: str = "identity",
 ) -> tuple[nn.Module, dict]:
     """Forget ``forget_*`` from ``model`` with the NTK step :math:`w \\leftarrow w(D) + s\\Delta`.
 
@@ -624,7 +717,8 @@ def ntk_unlearn(
     model : nn.Module
         The trained classifier :math:`w(D)`, fine-tuned from ``w0`` on :math:`D = D_r \\cup D_f`.
     w0 : dict of str to Tensor
-        Linearisation point and centre of the penalty: must hold every selected parameter.
+        Centre of the penalty :math:`\\tfrac\\lambda2\\lVert w-w_0\\rVert^2` and, unless
+        ``linearise_at`` is given, the linearisation point: must hold every selected parameter.
     retain_x, retain_y, forget_x, forget_y : Tensor
         :math:`D_r` and :math:`D_f`; ``y`` are integer labels or ``(N, C)`` float targets.
     params : {"all", "bn", "prompt"}
@@ -651,6 +745,14 @@ def ntk_unlearn(
         ``jacrev``/``jacfwd``.
     inplace : bool
         Update ``model`` itself instead of a deep copy.
+    linearise_at : dict of str to Tensor, optional
+        Linearisation point :math:`a` when it is not :math:`w_0` (e.g. the trained weights
+        :math:`w^*`); then :math:`\\delta_S = w_{lin}(S) - a = (J_S^TWJ_S + \\lambda_S I)^{-1}
+        (J_S^Tr_S - \\lambda_S(a - w_0))` (module docstring, "Linearisation point").
+    weighting : {"identity", "ggn"}
+        :math:`W` of the Gram matrix :math:`J^TWJ`: ``identity`` (squared loss on the logits, the
+        paper's form) or ``ggn`` (the loss's Hessian in the logits, :math:`\\mathrm{diag}(p)-pp^T`
+        for cross-entropy; primal solver only).
 
     Returns
     -------
@@ -669,12 +771,22 @@ def ntk_unlearn(
         raise ConfigError(f"scale must be a number or 'trapezium', got {scale!r}")
     selected = select_parameters(model, params)
     names = list(selected)
-    point = _linearisation_point(model, selected, w0)
+    anchor = _linearisation_point(model, selected, w0)
+    point = anchor if linearise_at is None else _linearisation_point(model, selected, linearise_at)
+    # a - w0: zero when linearising at w0, the fine-tuning displacement when linearising at w*
+    offset = flatten_parameters(point, SOLVE_DTYPE) - flatten_parameters(anchor, SOLVE_DTYPE)
     n_params = sum(p.numel() for p in point.values())
     n_retain, n_forget = retain_x.shape[0], forget_x.shape[0]
     n_total = n_retain + n_forget
     n_classes = _count_classes(model, point, retain_x)
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"unknown NTK weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+    if weighting != "identity" and solver == "auto":
+        solver = "primal"  # the weighted Gram is formed in the primal only
     chosen = choose_solver(n_total * n_classes, n_params, solver)
+    if weighting != "identity" and chosen != "primal":
+        raise ConfigError(f"weighting={weighting!r} needs solver='primal' (got {chosen!r}); pass "
+                          "solver='primal' or weighting='identity'")
     lam_full, lam_retain = _lambdas(weight_decay, n_total, n_retain, lambda_scaling)
     if chosen == "block" and lam_full != lam_retain:
         raise ConfigError("solver='block' eliminates the forget block of one system and needs "
@@ -687,14 +799,14 @@ def ntk_unlearn(
     t_jac = time.perf_counter()
     if chosen == "primal":
         gram, jtr_r = _normal_equations(model, point, retain_x, retain_y, loss, chunk_size,
-                                        jacobian_mode)
+                                        jacobian_mode, weighting)
         gram_f, jtr_f = _normal_equations(model, point, forget_x, forget_y, loss, chunk_size,
-                                          jacobian_mode)
+                                          jacobian_mode, weighting)
         t_solve = time.perf_counter()
-        delta_retain = _spd_solve(_with_ridge(gram, lam_retain), jtr_r)
+        delta_retain = _spd_solve(_with_ridge(gram, lam_retain), jtr_r - lam_retain * offset)
         gram.add_(gram_f)  # reuse the buffer: J_D^T J_D = J_r^T J_r + J_f^T J_f
         del gram_f
-        delta_full = _spd_solve(_with_ridge(gram, lam_full), jtr_r + jtr_f)
+        delta_full = _spd_solve(_with_ridge(gram, lam_full), jtr_r + jtr_f - lam_full * offset)
         del gram
         delta = delta_retain - delta_full
     else:
@@ -702,12 +814,17 @@ def ntk_unlearn(
                                          jacobian_mode)
         jac_f, res_f = _stacked_jacobian(model, point, forget_x, forget_y, loss, chunk_size,
                                          jacobian_mode)
+        # (G + lam I)(w - a) = J^T r - lam (a - w0) is solved by w - a = -o + J^T (JJ^T + lam I)^-1
+        # (r + J o), o = a - w0: the dual forms take the shifted residual and give back -o after
+        res_r = res_r + jac_r @ offset
+        res_f = res_f + jac_f @ offset
         t_solve = time.perf_counter()
         if chosen == "block":
             delta, delta_retain = forget_delta_block(jac_r, res_r, jac_f, res_f, lam_full)
         else:
             delta, delta_retain = forget_delta_two_solve(jac_r, res_r, jac_f, res_f, lam_full,
                                                          lam_retain, "dual")
+        delta_retain = delta_retain - offset  # delta = delta_retain - delta_full: the -o cancels
         del jac_r, jac_f
     t_done_solve = time.perf_counter()
 
@@ -730,6 +847,8 @@ def ntk_unlearn(
         "C": n_classes,
         "lambda_full": lam_full,
         "lambda_retain": lam_retain,
+        "weighting": weighting,
+        "linearised_at": "w0" if linearise_at is None else "given point",
         "scale": step,
         "delta_norm": float(torch.linalg.vector_norm(delta)),
         "delta": applied,
@@ -777,9 +896,14 @@ class NTKState:
     factorisation are kept and folded into :math:`U`, and the factor is refreshed once they
     reach a third of :math:`P`.
 
+    Linearised at a point :math:`a \\ne w_0` (``fit(..., linearise_at=w*)``) every solve takes
+    the right-hand side :math:`b_S - \\lambda_S(a - w_0)` and :math:`\\delta_S = w_{lin}(S) - a`;
+    with ``weighting="ggn"`` the Gram matrix is :math:`J^TWJ` and the downdated rows are
+    :math:`M^TJ_f` (:func:`weighted_rows`). Neither changes the cost of a request.
+
     Parameters
     ----------
-    params, weight_decay, loss, lambda_scaling, chunk_size, jacobian_mode, max_memory_bytes
+    params, weight_decay, loss, lambda_scaling, chunk_size, jacobian_mode, max_memory_bytes, weighting
         As in :func:`ntk_unlearn`.
 
     Attributes
@@ -787,9 +911,11 @@ class NTKState:
     param_names_, param_shapes_ : list
         The selected parameters, in the order of the P axis.
     w0_ : Tensor
-        Flattened linearisation point (float64, shape ``(P,)``).
+        Flattened centre of the penalty :math:`w_0` (float64, shape ``(P,)``).
+    point_ : Tensor
+        Flattened linearisation point :math:`a` (``w0_`` unless ``linearise_at`` was given).
     gram_, jtr_ : Tensor
-        :math:`J^TJ` and :math:`J^Tr` over the current data set.
+        :math:`J^TWJ` and :math:`J^Tr` over the current data set.
     eigvals_, eigvecs_ : Tensor
         Eigendecomposition of the Gram matrix at the last factorisation.
     removed_jacobian_ : Tensor
@@ -802,13 +928,17 @@ class NTKState:
         ``jacobian``, ``factor`` and ``total`` seconds of ``fit``.
     """
 
-    FORMAT = "privkit.ntk_state/1"
+    FORMAT = "privkit.ntk_state/2"
+    #: Formats :meth:`load` reads (version 1: linearised at w0, identity weighting).
+    _READABLE_FORMATS = ("privkit.ntk_state/1", FORMAT)
     _METADATA_KEY = "privkit_ntk_state"
 
     def __init__(self, params: str = "all", weight_decay: float = 5e-4, loss: str = "ce",
                  lambda_scaling: str = "per-set", chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 jacobian_mode: str = "auto", max_memory_bytes: int | None = None):
+                 jacobian_mode: str = "auto", max_memory_bytes: int | None = None,
+                 weighting: str = "identity"):
         self.params = params
+        self.weighting = weighting
         self.weight_decay = weight_decay
         self.loss = loss
         self.lambda_scaling = lambda_scaling
@@ -818,15 +948,20 @@ class NTKState:
 
     # ---- one-off ---------------------------------------------------------------------------
 
-    def fit(self, model: nn.Module, w0: Mapping[str, Tensor], x: Tensor, y: Tensor) -> NTKState:
-        """Build the system over :math:`D = (x, y)` at the linearisation point ``w0``."""
+    def fit(self, model: nn.Module, w0: Mapping[str, Tensor], x: Tensor, y: Tensor,
+            linearise_at: Mapping[str, Tensor] | None = None) -> NTKState:
+        """Build the system over :math:`D = (x, y)`, penalised toward ``w0``, linearised at
+        ``linearise_at`` (default ``w0``)."""
         t_start = time.perf_counter()
         _check_weight_decay(self.weight_decay)
         _lambdas(self.weight_decay, 2, 1, self.lambda_scaling)  # validates the name
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"unknown NTK weighting {self.weighting!r}; choose one of {sorted(WEIGHTINGS)}")
         if x.shape[0] == 0:
             raise ConfigError("cannot build an NTK state over zero samples; pass the training set")
         selected = select_parameters(model, self.params)
-        point = _linearisation_point(model, selected, w0)
+        anchor = _linearisation_point(model, selected, w0)
+        point = anchor if linearise_at is None else _linearisation_point(model, selected, linearise_at)
         n_params = sum(p.numel() for p in point.values())
         n_classes = _count_classes(model, point, x)
         dtype = next(iter(point.values())).dtype
@@ -834,19 +969,20 @@ class NTKState:
                      self.max_memory_bytes, _fewer_params(model, self.params),
                      activation_footprint(model, point, x))
         gram, jtr = _normal_equations(model, point, x, y, self.loss, self.chunk_size,
-                                      self.jacobian_mode)
+                                      self.jacobian_mode, self.weighting)
         t_factor = time.perf_counter()
         self.param_names_ = list(point)
         self.param_shapes_ = [list(p.shape) for p in point.values()]
-        self.w0_ = flatten_parameters(point, SOLVE_DTYPE)
+        self.w0_ = flatten_parameters(anchor, SOLVE_DTYPE)
+        self.point_ = flatten_parameters(point, SOLVE_DTYPE)
         self.gram_ = gram
         self.jtr_ = jtr
         self.n_samples_ = int(x.shape[0])
         self.n_fit_samples_ = int(x.shape[0])
         self.n_classes_ = n_classes
         self._factor()
-        self.delta_ = self._solve(self.jtr_, self._lambda(self.n_samples_),
-                                  self.removed_jacobian_, "woodbury")[0]
+        lam = self._lambda(self.n_samples_)
+        self.delta_ = self._solve(self._rhs(self.jtr_, lam), lam, self.removed_jacobian_, "woodbury")[0]
         t_end = time.perf_counter()
         self.one_off_seconds_ = {"jacobian": t_factor - t_start, "factor": t_end - t_factor,
                                  "total": t_end - t_start}
@@ -870,6 +1006,12 @@ class NTKState:
         if self.lambda_scaling == "fixed":
             return self.weight_decay * self.n_fit_samples_
         return self.weight_decay * n_samples
+
+    def _rhs(self, jtr: Tensor, lam: float) -> Tensor:
+        """:math:`J^Tr - \\lambda(a - w_0)`: the ridge right-hand side at linearisation point a."""
+        if torch.equal(self.point_, self.w0_):
+            return jtr
+        return jtr - lam * (self.point_ - self.w0_)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "gram_"):
@@ -910,12 +1052,22 @@ class NTKState:
         return solution + basis @ (inv_diag * (removed_eig.T @ coeff)), "woodbury"
 
     def forget_jacobian(self, jac_forget: Tensor, res_forget: Tensor, n_forget: int,
-                        method: str = "auto", commit: bool = True) -> tuple[Tensor, Tensor, dict]:
+                        method: str = "auto", commit: bool = True,
+                        gram_rows: Tensor | None = None) -> tuple[Tensor, Tensor, dict]:
         """Downdate with precomputed forget rows ``jac_forget`` (m, P) and residuals (m,).
 
-        Returns ``(delta, delta_retain, info)`` with ``delta`` :math:`=\\delta_r-\\delta_D` and
-        ``delta_retain`` :math:`= w_{lin}(D_r) - w_0`.
+        ``gram_rows`` are the rows :math:`M^TJ_f` the Gram matrix is downdated with (default
+        ``jac_forget``, right for ``weighting="identity"``). Returns ``(delta, delta_retain,
+        info)`` with ``delta`` :math:`=\\delta_r-\\delta_D` and ``delta_retain``
+        :math:`= w_{lin}(D_r) - a`.
         """
+        jtr_forget = jac_forget.to(SOLVE_DTYPE).T @ res_forget.to(SOLVE_DTYPE)
+        return self._downdate(jac_forget if gram_rows is None else gram_rows, jtr_forget, n_forget,
+                              method, commit)
+
+    def _downdate(self, jac_forget: Tensor, jtr_forget: Tensor, n_forget: int, method: str,
+                  commit: bool) -> tuple[Tensor, Tensor, dict]:
+        """:meth:`forget_jacobian` given the Gram rows and :math:`J_f^Tr_f`."""
         self._check_fitted()
         if n_forget < 1:
             raise ConfigError("the forget set is empty; select at least one sample to forget")
@@ -923,13 +1075,12 @@ class NTKState:
             raise ConfigError(f"the forget set ({n_forget} samples) is all the data left in the "
                               f"NTK state ({self.n_samples_}); nothing would be retained")
         jac_forget = jac_forget.to(SOLVE_DTYPE)
-        res_forget = res_forget.to(SOLVE_DTYPE)
         t_start = time.perf_counter()
         n_retain = self.n_samples_ - n_forget
         lam_retain = self._lambda(n_retain)
-        jtr_retain = self.jtr_ - jac_forget.T @ res_forget
+        jtr_retain = self.jtr_ - jtr_forget.to(SOLVE_DTYPE)
         removed = torch.cat([self.removed_jacobian_, jac_forget])
-        delta_retain, used = self._solve(jtr_retain, lam_retain, removed, method)
+        delta_retain, used = self._solve(self._rhs(jtr_retain, lam_retain), lam_retain, removed, method)
         delta = delta_retain - self.delta_
         t_solve = time.perf_counter()
         refactor_seconds = 0.0
@@ -951,7 +1102,7 @@ class NTKState:
     def forget(self, model: nn.Module, forget_x: Tensor, forget_y: Tensor,
                scale: float | str = 1.0, method: str = "auto", commit: bool = True,
                inplace: bool = False) -> tuple[nn.Module, dict]:
-        """Serve one deletion request: Jacobians of ``forget_x`` at ``w0_``, downdate, update.
+        """Serve one deletion request: Jacobians of ``forget_x`` at ``point_``, downdate, update.
 
         Returns the updated model (a copy unless ``inplace``) and an info dict whose
         ``per_request`` timings (``jacobian``, ``solve``, ``total``) are separate from the
@@ -974,17 +1125,17 @@ class NTKState:
             )
         selected = {n: live[n] for n in self.param_names_}
         point = {n: t.to(selected[n].dtype) for n, t in
-                 unflatten_parameters(self.w0_, selected).items()}
-        jac_f, res_f = _stacked_jacobian(model, point, forget_x, forget_y, self.loss,
-                                         self.chunk_size, self.jacobian_mode)
-        if jac_f.shape[0] != forget_x.shape[0] * self.n_classes_:
-            raise ArtifactError(f"model has {jac_f.shape[0] // forget_x.shape[0]} classes but "
+                 unflatten_parameters(self.point_, selected).items()}
+        gram_rows, jtr_f, n_classes = _forget_terms(model, point, forget_x, forget_y, self.loss,
+                                                    self.chunk_size, self.jacobian_mode, self.weighting)
+        if n_classes != self.n_classes_:
+            raise ArtifactError(f"model has {n_classes} classes but "
                                 f"the NTK state has {self.n_classes_}; rebuild the state")
         t_solve = time.perf_counter()
-        delta, delta_retain, solve_info = self.forget_jacobian(jac_f, res_f, forget_x.shape[0],
-                                                               method, commit)
+        delta, delta_retain, solve_info = self._downdate(gram_rows, jtr_f, forget_x.shape[0],
+                                                         method, commit)
         w_trained = flatten_parameters(selected, SOLVE_DTYPE)
-        step = (trapezium_scale(delta, w_trained, self.w0_ + delta_retain)
+        step = (trapezium_scale(delta, w_trained, self.point_ + delta_retain)
                 if scale == "trapezium" else float(scale))
         applied = unflatten_parameters(step * delta, selected)
         updated = model if inplace else copy.deepcopy(model)
@@ -996,6 +1147,8 @@ class NTKState:
             "P": int(self.w0_.numel()), "N_forget": int(forget_x.shape[0]),
             "N_retain": self.n_samples_ if commit else self.n_samples_ - forget_x.shape[0],
             "C": self.n_classes_, "lambda_retain": solve_info["lambda_retain"],
+            "weighting": self.weighting,
+            "linearised_at": "w0" if torch.equal(self.point_, self.w0_) else "given point",
             "scale": step, "delta_norm": float(torch.linalg.vector_norm(delta)),
             "delta": applied,
             "timings": {
@@ -1019,13 +1172,13 @@ class NTKState:
             "hyperparameters": {"params": self.params, "weight_decay": self.weight_decay,
                                 "loss": self.loss, "lambda_scaling": self.lambda_scaling,
                                 "chunk_size": self.chunk_size,
-                                "jacobian_mode": self.jacobian_mode},
+                                "jacobian_mode": self.jacobian_mode, "weighting": self.weighting},
             "param_names": self.param_names_, "param_shapes": self.param_shapes_,
             "n_samples": self.n_samples_, "n_fit_samples": self.n_fit_samples_,
             "n_classes": self.n_classes_, "n_requests": self.n_requests_,
             "one_off_seconds": self.one_off_seconds_,
         }
-        tensors = {"w0": self.w0_, "gram": self.gram_, "jtr": self.jtr_,
+        tensors = {"w0": self.w0_, "point": self.point_, "gram": self.gram_, "jtr": self.jtr_,
                    "eigvals": self.eigvals_, "eigvecs": self.eigvecs_,
                    "removed_jacobian": self.removed_jacobian_, "delta": self.delta_}
         try:
@@ -1057,7 +1210,7 @@ class NTKState:
             meta = json.loads(raw_meta) if raw_meta else None
         except json.JSONDecodeError:
             meta = None
-        if not isinstance(meta, dict) or meta.get("format") != cls.FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") not in cls._READABLE_FORMATS:
             raise ArtifactError(f"{path} is not a privkit NTK state (format {cls.FORMAT}); "
                                 "rebuild it with NTKState.fit")
         needed = {"w0", "gram", "jtr", "eigvals", "eigvecs", "removed_jacobian", "delta"}
@@ -1073,6 +1226,10 @@ class NTKState:
         state.param_names_ = list(meta["param_names"])
         state.param_shapes_ = [list(s) for s in meta["param_shapes"]]
         state.w0_, state.gram_, state.jtr_ = tensors["w0"], tensors["gram"], tensors["jtr"]
+        # format 1 was always linearised at w0
+        state.point_ = tensors.get("point", state.w0_.clone())
+        if state.point_.shape != state.w0_.shape:
+            raise ArtifactError(f"NTK state {path} has inconsistent shapes; rebuild it")
         state.eigvals_, state.eigvecs_ = tensors["eigvals"], tensors["eigvecs"]
         state.removed_jacobian_ = tensors["removed_jacobian"].reshape(-1, n_params)
         state.delta_ = tensors["delta"]

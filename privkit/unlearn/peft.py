@@ -27,9 +27,11 @@ The pretrained PEFT values :math:`w_0` are saved beside the weights in ``w0.safe
 
 3. **Keep the NTK state** (``keep_ntk_state=True``, the default): deletion requests keep coming,
    so the one-off part of Fast-NTK is paid here, once. :class:`~privkit.unlearn.ntk.NTKState` is
-   fitted over the training data :math:`D` with the recipe ``fast-ntk`` uses (linearised at
-   :math:`w_0`, the PEFT parameters, cross-entropy residual, :math:`\lambda_S = |S|\,\lambda`):
-   :math:`G = J_D^TJ_D`, :math:`b = J_D^Tr_D` and the eigendecomposition of :math:`G`. It is saved
+   fitted over the training data :math:`D` with the recipe ``fast-ntk`` uses by default (linearised
+   at the trained weights :math:`w^*`, penalty toward :math:`w_0`, the PEFT parameters,
+   cross-entropy residual, Gauss-Newton weighting :math:`W = \mathrm{diag}(p) - pp^T`,
+   :math:`\lambda_S = |S|\,\lambda`): :math:`G = J_D^TWJ_D`, :math:`b = J_D^Tr_D` and the
+   eigendecomposition of :math:`G`. It is saved
    as ``ntk_state.safetensors``; ``meta.json`` records ``ntk_state_sha256``,
    ``ntk_state_data_fingerprint`` (the samples it covers) and ``ntk_state_fit_seconds`` (the
    one-off cost). A deletion request then needs only the forget set's Jacobians and a downdate
@@ -152,12 +154,16 @@ def set_parameters(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
 
 
 def fit_ntk_state(model: nn.Module, w0: dict[str, torch.Tensor], dataset, target_index: int, kind: str,
-                  weight_decay: float, chunk_size: int | None = None):
+                  weight_decay: float, chunk_size: int | None = None, linearise: str | None = None,
+                  weighting: str | None = None):
     """Fit the :class:`~privkit.unlearn.ntk.NTKState` ``fast-ntk`` uses over ``dataset`` (the one-off cost).
 
-    The recipe is the one of :class:`~privkit.unlearn.methods_ntk.FastNTKUnlearner` with its defaults:
-    Jacobians of the ``kind`` parameters at :math:`w_0` (other parameters and BatchNorm statistics as
-    in ``model``), residual :math:`\\mathrm{onehot}(y) - \\mathrm{softmax}(f_0(x))`,
+    The recipe is the one of :class:`~privkit.unlearn.methods_ntk.FastNTKUnlearner` with its defaults
+    for a PEFT model (``linearise``/``weighting`` of ``None``): Jacobians of the ``kind`` parameters at
+    the trained weights :math:`w^*` (``"trained"``; ``"pretrained"`` linearises at :math:`w_0`), other
+    parameters and BatchNorm statistics as in ``model``, penalty toward :math:`w_0`, residual
+    :math:`\\mathrm{onehot}(y) - \\mathrm{softmax}(f(x))`, Gauss-Newton weighting
+    :math:`\\mathrm{diag}(p) - pp^T` (``"ggn"``; ``"identity"`` is the paper's squared loss),
     :math:`\\lambda_S = |S|\\,wd` with :math:`wd` = ``weight_decay``.
 
     Returns
@@ -166,15 +172,27 @@ def fit_ntk_state(model: nn.Module, w0: dict[str, torch.Tensor], dataset, target
     seconds : float
         Wall time of the fit, reading the samples included.
     """
-    from privkit.unlearn.methods_ntk import DEFAULT_NTK_CHUNK_SIZE, NTK_STATE_LAMBDA_SCALING, NTK_STATE_LOSS
+    from privkit.unlearn.methods_ntk import (
+        DEFAULT_NTK_CHUNK_SIZE,
+        DEFAULT_WEIGHTING,
+        NTK_STATE_LAMBDA_SCALING,
+        NTK_STATE_LOSS,
+        PEFT_DEFAULT_LINEARISE,
+    )
     from privkit.unlearn.ntk import NTKState
 
+    linearise = linearise or PEFT_DEFAULT_LINEARISE
+    if linearise not in ("pretrained", "trained"):
+        raise ConfigError(f"a kept NTK state is linearised at 'pretrained' or 'trained' weights, not {linearise!r}")
     t_start = time.perf_counter()
     x, attrs = dataset.materialize()
     state = NTKState(params=kind, weight_decay=float(weight_decay), loss=NTK_STATE_LOSS,
                      lambda_scaling=NTK_STATE_LAMBDA_SCALING,
-                     chunk_size=int(chunk_size or DEFAULT_NTK_CHUNK_SIZE))
-    state.fit(model, w0, x, attrs[:, target_index])
+                     chunk_size=int(chunk_size or DEFAULT_NTK_CHUNK_SIZE),
+                     weighting=weighting or DEFAULT_WEIGHTING[linearise])
+    live = dict(model.named_parameters())
+    trained = {n: live[n].detach().clone() for n in w0} if linearise == "trained" else None
+    state.fit(model, w0, x, attrs[:, target_index], linearise_at=trained)
     return state, time.perf_counter() - t_start
 
 
@@ -331,8 +349,9 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
             state_meta = ntk_state_meta(state, save_ntk_state(run.path, state), fine_set.fingerprint(), fit_seconds)
             report.set_metric("ntk_state_fit_seconds", fit_seconds)
             report.text(f"Fitted the NTK state of fast-ntk over the {len(fine_idx)} fine-tuning samples in "
-                        f"{fit_seconds:.2f} s, once: J^T J + lambda I and J^T r of the {n_peft} {peft} + head "
-                        f"parameters at w0 (saved in {NTK_STATE_FILE}). A deletion request then needs only the "
+                        f"{fit_seconds:.2f} s, once: J^T W J + lambda I and J^T r of the {n_peft} {peft} + head "
+                        f"parameters, linearised at the trained weights with the Gauss-Newton weighting W, "
+                        f"penalty toward w0 (saved in {NTK_STATE_FILE}). A deletion request then needs only the "
                         f"forget set's Jacobians and a downdate.", title="Kept NTK state (one-off cost)")
         elif keep_ntk_state:
             report.text(f"The NTK state was not kept: {state_skipped}. fast-ntk runs one-shot on this model.",

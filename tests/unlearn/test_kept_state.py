@@ -92,6 +92,16 @@ def test_other_recipe_falls_back_to_one_shot(peft_run):
     _, _, info = run_method(get_unlearner("fast-ntk", weight_decay=2e-3), req)
     assert info["ntk"]["path"] == "one-shot" and "weight_decay" in info["ntk"]["path_reason"]
     assert req.context.ntk_state_out is None
+    # the state is linearised at the trained weights with the Gauss-Newton weighting (the defaults);
+    # asking for the paper's recipe (w0, identity) or another weighting runs one-shot and says why
+    _, _, info = run_method(get_unlearner("fast-ntk", linearise="pretrained"), req)
+    assert info["ntk"]["path"] == "one-shot" and "linearise='pretrained'" in info["ntk"]["path_reason"]
+    assert info["ntk"]["linearisation_point"] == "pretrained PEFT values w0"
+    _, _, info = run_method(get_unlearner("fast-ntk", weighting="identity"), req)
+    assert info["ntk"]["path"] == "one-shot" and "weighting='identity'" in info["ntk"]["path_reason"]
+    _, _, info = run_method(get_unlearner("fast-ntk"), req)
+    assert info["ntk"]["path"] == "kept-state" and info["ntk"]["weighting"] == "ggn"
+    assert info["ntk"]["linearisation_point"].startswith("trained weights w*")
 
 
 def test_unlearn_run_keeps_downdated_state_and_chains(peft_run, tmp_path):

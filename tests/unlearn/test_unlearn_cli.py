@@ -118,6 +118,8 @@ def _bad_inputs(root: Path) -> dict[str, list]:
         "--from without rurk": [*base, "--forget", "class=3", "--method", "finetune", "--from", root / "base"],
         "bad forget spec": [*base, "--forget", "everything", "--method", "finetune"],
         "wrong data seed": [*base, "--forget", "class=3", "--method", "finetune", "--data-seed", "3"],
+        "--option without =": [*base, "--forget", "class=3", "--method", "finetune", "--option", "epochs"],
+        "unknown method option": [*base, "--forget", "class=3", "--method", "finetune", "--option", "bogus=1"],
     }
 
 
@@ -133,6 +135,14 @@ def test_bad_input_exits_2_and_writes_nothing(linear_run):
         assert len(lines) == 1 and lines[0].startswith("error:"), (name, result.output)
     unknown = invoke("unlearn", *_bad_inputs(root)["unknown method"], "--out", root / "x").output
     assert "fast-ntk" in unknown and "retrain" in unknown and "rurk" in unknown
+
+
+def test_method_option_reaches_the_method_and_the_config(linear_run):
+    root = linear_run
+    ok(invoke("unlearn", "--model", root / "base", "--data", "digits", "--forget", "random=0.1", "--method", "neggrad",
+              "--option", "epochs=1", "--option", "lr=0.002", "--out", root / "opt"))
+    config = json.loads((root / "opt" / "config.json").read_text())
+    assert config["method_options"] == {"epochs": 1, "lr": 0.002}
 
 
 def test_peft_train_and_fast_ntk(tmp_path):
