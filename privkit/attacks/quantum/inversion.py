@@ -56,6 +56,29 @@ def gradient_matching_loss(model: VQNN, theta: torch.Tensor, target_gradient: to
     return (grads - target_gradient).pow(2).mean(dim=1) / scale
 
 
+def gradient_input_jacobian(model: VQNN, theta: torch.Tensor, inputs, labels) -> torch.Tensor:
+    """Jacobian ``J = d g / d x`` of the shared gradient ``g = sum_b grad_theta L(x_b, y_b)``
+    with respect to the ``B n`` inputs, shape ``(M, B n)`` (exact, second-order autodiff).
+
+    At the true batch it decides local identifiability: the inputs are locally determined by
+    ``g`` iff ``rank J = B n``; near the truth the normalised attack loss is
+    ``L(x + d) ~ d^T H d`` with ``H = J^T J / ||g||^2``, so its smallest eigenvalue
+    ``lambda_min`` sets how flat the valley is (gradient descent with step ``eta`` needs about
+    ``1 / (eta lambda_min)`` iterations along it).
+    """
+    inputs = torch.as_tensor(np.asarray(inputs), dtype=model.dtype)
+    labels = torch.as_tensor(np.asarray(labels), dtype=model.dtype).reshape(-1)
+    theta = torch.as_tensor(theta, dtype=model.dtype)
+    shape = inputs.shape
+
+    def shared_gradient(flat):
+        return model.per_sample_gradients(flat.reshape(shape), labels, theta, method="autodiff",
+                                          create_graph=True).sum(dim=0)
+
+    with torch.enable_grad():
+        return torch.autograd.functional.jacobian(shared_gradient, inputs.reshape(-1))
+
+
 def matched_mse(reconstructed: np.ndarray, true: np.ndarray) -> float:
     """``MSE(x', x)`` after the best one-to-one matching of the ``B`` reconstructed rows to the
     true rows (the summed gradient does not say which sample is which)."""
