@@ -392,6 +392,11 @@ def _(t, out):
     return ["attack", "qnn", "--qubits", "2", "--batch", "100000"]
 
 
+@case("qnn-zero-learning-rate")
+def _(t, out):
+    return ["attack", "qnn", "--qubits", "2", "--learning-rate", "0"]
+
+
 # -- options ----------------------------------------------------------------------------------------
 
 @case("negative-learning-rate")

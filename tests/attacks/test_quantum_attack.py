@@ -144,6 +144,7 @@ def test_noise_result_reports_privacy():
     (dict(restarts=0), r"restarts=0 must be a positive integer"),
     (dict(iterations=-1), r"iterations=-1 must be a positive integer"),
     (dict(noise_sigma=0.1), r"needs a clipping bound"),
+    (dict(learning_rate=-0.5), r"learning_rate=-0.5 must be > 0"),
 ])
 def test_validation_errors_are_one_line_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match) as info:

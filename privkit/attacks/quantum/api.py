@@ -31,7 +31,8 @@ MAX_STATE_BYTES = 2 * 1024 ** 3
 def validate_attack_config(task: str = "cos", qubits: int = 6, ansatz: str = "complex",
                            layers: int = DEFAULT_LAYERS, batch: int = 1, restarts: int = 10,
                            iterations: int = DEFAULT_ITERATIONS, noise_sigma: float = 0.0,
-                           clip: float | None = None) -> None:
+                           clip: float | None = None,
+                           learning_rate: float = DEFAULT_LEARNING_RATE) -> None:
     """Raise :class:`~privkit.errors.ConfigError` (one line: the bad value and the valid range)
     for an invalid attack configuration."""
     if ansatz not in ANSATZE:
@@ -50,6 +51,8 @@ def validate_attack_config(task: str = "cos", qubits: int = 6, ansatz: str = "co
             raise ConfigError(f"{name}={value!r} must be a positive integer (>= 1)")
     if noise_sigma < 0:
         raise ConfigError(f"noise_sigma={noise_sigma!r} must be >= 0")
+    if not learning_rate > 0:
+        raise ConfigError(f"learning_rate={learning_rate!r} must be > 0 (default {DEFAULT_LEARNING_RATE})")
     if clip is not None and clip <= 0:
         raise ConfigError(f"clip={clip!r} must be > 0 (or omitted for no clipping)")
     if noise_sigma > 0 and clip is None:
