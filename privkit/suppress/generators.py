@@ -11,7 +11,10 @@ signal with randomness instead of a deterministic (and hence invertible) code.
 Outputs stay in the input's range:
 
 - ``image``: pixels in ``[0, 1]``: ``x' = sigmoid(logit(x) + r)``;
-- ``audio`` waveform ``(1, T)`` in ``[-1, 1]``: ``x' = tanh(atanh(x) + r)``;
+- ``audio`` waveform ``(1, T)`` in ``[-1, 1]``: by default (``spectral-mask``) a bounded mask, an
+  additive term and optionally a frequency warp on the STFT magnitude, resynthesised with
+  ``torch.istft`` (see :class:`SpectralMaskGenerator`); the first generator, ``waveform-resnet``
+  (``x' = tanh(atanh(x) + r)``), is kept for comparison;
 - ``motion`` window ``(C, W)`` and ``features`` ``(d,)``: unbounded, ``x' = x + sigma * r`` with
   ``sigma`` the per-channel standard deviation measured on the training data.
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import math
 
 import torch
 from torch import nn
@@ -202,6 +207,159 @@ class WaveformGenerator(nn.Module):
         return torch.tanh(torch.atanh(xc) + self.net(xc, z))
 
 
+class _FrameNet(nn.Module):
+    """1-D conv residual net over spectrogram frames: ``(B, F, N) -> (B, out_bins, N)``.
+
+    Every frequency bin is a channel, so each layer sees the whole spectrum of a frame (the spectral
+    envelope and the harmonic spacing that carry speaker identity are patterns *across* frequency),
+    while the convolutions and the global-context path run along time.
+    """
+
+    def __init__(self, bins: int, out_bins: int, noise_dim: int, width: int, blocks: int, kernel: int,
+                 init_scale: float, global_out: int = 0):
+        super().__init__()
+        pad = kernel // 2
+        # optional per-utterance outputs from the time-averaged hidden state (zero-initialised)
+        self.global_head = nn.Linear(width, global_out) if global_out else None
+        if self.global_head is not None:
+            nn.init.zeros_(self.global_head.weight)
+            nn.init.zeros_(self.global_head.bias)
+        self.stem = nn.Conv1d(bins, width, kernel, padding=pad)
+        self.noise = _NoiseBias(noise_dim, width, 1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.GELU(), nn.Conv1d(width, width, kernel, padding=pad * 2 ** i, dilation=2 ** i),
+                          nn.GELU(), nn.Conv1d(width, width, kernel, padding=pad * 2 ** i, dilation=2 ** i))
+            for i in range(blocks))
+        self.context = nn.ModuleList(_GlobalContext(width) for _ in range(blocks))
+        self.head = nn.Conv1d(width, out_bins, kernel, padding=pad)
+        _small_init(self.head, init_scale)
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor | None):
+        h = self.noise(self.stem(h), z)
+        for block, context in zip(self.blocks, self.context):
+            h = context(h + block(h))
+        h = nn.functional.gelu(h)
+        if self.global_head is None:
+            return self.head(h)
+        return self.head(h), self.global_head(h.mean(-1))
+
+
+class SpectralMaskGenerator(nn.Module):
+    r"""Waveform -> waveform through a masked short-time Fourier transform.
+
+    With :math:`X = \mathrm{STFT}(x)`, magnitude :math:`M = |X|`, phase :math:`\phi = \angle X` and
+    :math:`(g, a) = r(\log M, z)` the output of a residual frame network (:class:`_FrameNet`),
+
+    .. math::
+
+        M' = M \, e^{\gamma \tanh g} + \beta \, \bar M \, \sigma(a - 4),\qquad
+        x' = \mathrm{ISTFT}(M' e^{i \phi}) / \max(1, \max_t |\cdot| / 0.999)
+
+    - the multiplicative mask is bounded to :math:`\pm` ``max_gain_db`` (:math:`\gamma = \ln 10
+      \cdot \mathrm{max\_gain\_db} / 20`): it can reshape the spectral envelope (formants,
+      tilt) and smear the harmonics that give the pitch away, but not create a different signal;
+    - the additive term (at most ``additive`` times the utterance's mean magnitude :math:`\bar M`)
+      fills time-frequency cells with energy (e.g. masks harmonic gaps), driven by the noise ``z``;
+    - the phase is the input's, so at ``g = 0, a \to -\infty`` the STFT round trip returns the
+      input exactly (Hann window, hop ``n_fft / 4``); the head is initialised at ``init_scale`` of its
+      usual scale and the additive term starts at :math:`\sigma(-4) \approx 2\%`, near identity;
+    - the release stays a waveform in ``(-1, 1)`` (rescaled only when a peak would reach 1).
+
+    The residual network sees the per-utterance standardised log-magnitude, the same
+    representation (up to the mel pooling) that the audit's attackers see.
+    """
+
+    def __init__(self, noise_dim: int, n_fft: int = 256, hop: int | None = None, width: int = 128, blocks: int = 3,
+                 kernel: int = 3, max_gain_db: float = 20.0, additive: float = 1.0, init_scale: float = 0.1,
+                 max_warp: float = 0.0):
+        super().__init__()
+        if max_warp < 0:
+            raise ConfigError(f"max_warp={max_warp} must be >= 0 (0 disables the frequency warp), e.g. 0.5")
+        self.max_warp = float(max_warp)
+        if int(n_fft) < 8 or int(n_fft) & (int(n_fft) - 1):
+            raise ConfigError(f"n_fft={n_fft} must be a power of two >= 8, e.g. 256")
+        if max_gain_db <= 0 or additive < 0:
+            raise ConfigError(f"max_gain_db={max_gain_db} must be > 0 and additive={additive} >= 0")
+        self.n_fft = int(n_fft)
+        self.hop = int(hop or n_fft // 4)
+        self.log_gain = math.log(10.0) * float(max_gain_db) / 20.0
+        self.additive = float(additive)
+        bins = self.n_fft // 2 + 1
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.net = _FrameNet(bins, 2 * bins, noise_dim, width, blocks, kernel, init_scale,
+                             global_out=1 if self.max_warp > 0 else 0)
+        with torch.no_grad():
+            # the additive half starts at sigma(-4) ~ 2 % of the mean magnitude: near identity
+            self.net.head.bias[bins:].fill_(-4.0)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        wave = x[:, 0]
+        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
+        mag, phase = spec.abs(), spec.angle()
+        log_mag = torch.log(mag + 1e-5)
+        mean = log_mag.mean(dim=(1, 2), keepdim=True)
+        std = log_mag.std(dim=(1, 2), keepdim=True) + 1e-5
+        out = self.net((log_mag - mean) / std, z)
+        if self.max_warp > 0:
+            out, warp = out
+            log_factor = self.max_warp * torch.tanh(warp[:, 0])
+            mag = self._warp(mag, log_factor)
+            phase = self._warp_phase(spec, log_factor.detach())
+        gain, add = out.chunk(2, dim=1)
+        ref = mag.mean(dim=(1, 2), keepdim=True)
+        mag_rel = mag * torch.exp(self.log_gain * torch.tanh(gain)) + self.additive * ref * torch.sigmoid(add)
+        y = torch.istft(torch.polar(mag_rel, phase), self.n_fft, self.hop, window=self.window, center=True,
+                        length=wave.shape[-1])
+        # keep the release a valid waveform without distorting it: rescale only if a peak reaches 1
+        peak = y.abs().amax(dim=-1, keepdim=True)
+        y = y / torch.clamp(peak / 0.999, min=1.0)
+        return y[:, None]
+
+    def _warp_phase(self, spec: torch.Tensor, log_factor: torch.Tensor) -> torch.Tensor:
+        """Phase-vocoder phase for the warped magnitude: bin ``k`` takes the unwrapped phase of source
+        bin ``round(k / alpha)``, its advance since the first frame scaled by ``alpha``.
+
+        The input's own phase would advance at the *original* frequencies from frame to frame and
+        pull the resynthesised partials back (a 500 Hz tone warped by 1.65 came out at 787 Hz, not
+        824). The true per-hop advance of bin ``k`` is ``omega_k hop + wrap(dphi - omega_k hop)``;
+        its running sum is the unwrapped phase, and scaling the advance by ``alpha`` moves the partial
+        to ``alpha`` times its frequency. At ``alpha = 1`` this is the input's phase.
+        """
+        b, bins, frames = spec.shape
+        phase = spec.angle().double()
+        omega = (2.0 * math.pi * self.hop / self.n_fft) * torch.arange(bins, dtype=phase.dtype, device=spec.device)
+        expected = omega.view(1, bins, 1)
+        step = phase[..., 1:] - phase[..., :-1] - expected
+        advance = expected + torch.remainder(step + math.pi, 2.0 * math.pi) - math.pi
+        unwrapped = torch.cat([phase[..., :1], phase[..., :1] + torch.cumsum(advance, dim=-1)], dim=-1)
+        alpha = torch.exp(log_factor.double()).view(b, 1)
+        src = torch.round(torch.arange(bins, dtype=phase.dtype, device=spec.device).view(1, bins) / alpha)
+        src = src.clamp(0, bins - 1).long().view(b, bins, 1).expand(b, bins, frames)
+        source = torch.gather(unwrapped, 1, src)
+        # scale the accumulated advance only: the first frame keeps its phases, so the bins around
+        # one partial keep their relative phases (scaling those too cancelled most of the energy)
+        warped = source[..., :1] + alpha.view(b, 1, 1) * (source - source[..., :1])
+        return torch.remainder(warped + math.pi, 2.0 * math.pi).float() - math.pi
+
+    @staticmethod
+    def _warp(mag: torch.Tensor, log_factor: torch.Tensor) -> torch.Tensor:
+        """Scale the frequency axis by ``alpha = exp(log_factor)`` per utterance: ``M'(f) = M(f / alpha)``.
+
+        Vocal-tract length normalisation (VTLN) in reverse: one factor moves every formant and
+        every harmonic (hence the pitch) together, the cue that most separates speakers and
+        genders and one a bounded mask alone cannot move. Linear interpolation between bins keeps
+        it differentiable in ``alpha``; bins mapped from above Nyquist are silent.
+        """
+        b, bins, frames = mag.shape
+        src = torch.arange(bins, dtype=mag.dtype, device=mag.device).view(1, bins) * torch.exp(-log_factor).view(b, 1)
+        grid_f = (2.0 * src / (bins - 1) - 1.0).view(b, bins, 1).expand(b, bins, frames)
+        grid_t = torch.linspace(-1.0, 1.0, frames, dtype=mag.dtype, device=mag.device)
+        grid_t = grid_t.view(1, 1, frames).expand(b, bins, frames)
+        grid = torch.stack([grid_t, grid_f], dim=-1)  # grid_sample wants (x = time, y = frequency)
+        return nn.functional.grid_sample(mag.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
+                                         align_corners=True).squeeze(1)
+
+
 class _Standardised(nn.Module):
     """Residual around a network that sees standardised inputs: ``x' = x + sigma * r((x - mu) / sigma, z)``.
 
@@ -259,11 +417,20 @@ def image_resnet(schema: Schema, noise_dim: int, width: int = 24, blocks: int = 
     return ImageGenerator(schema.input_shape[0], noise_dim, width, blocks, down, init_scale)
 
 
-@register_generator("waveform-resnet", ("audio",), "strided 1-D conv residual net, samples stay in (-1, 1)",
-                    default_for=("audio",))
+@register_generator("waveform-resnet", ("audio",), "strided 1-D conv residual net on atanh(samples), samples stay "
+                    "in (-1, 1); the first audio generator, kept for comparison")
 def waveform_resnet(schema: Schema, noise_dim: int, width: int = 24, blocks: int = 3, kernel: int = 5, down: int = 8,
                     init_scale: float = 0.3):
     return WaveformGenerator(noise_dim, width, blocks, kernel, down, init_scale)
+
+
+@register_generator("spectral-mask", ("audio",), "STFT-domain residual net: bounded log-magnitude mask + additive "
+                    "noise, input phase, istft back to a waveform", default_for=("audio",))
+def spectral_mask(schema: Schema, noise_dim: int, n_fft: int = 256, hop: int | None = None, width: int = 128,
+                  blocks: int = 3, kernel: int = 3, max_gain_db: float = 20.0, additive: float = 1.0,
+                  init_scale: float = 0.1, max_warp: float = 0.0):
+    return SpectralMaskGenerator(noise_dim, n_fft, hop, width, blocks, kernel, max_gain_db, additive, init_scale,
+                                 max_warp)
 
 
 @register_generator("motion-resnet", ("motion",), "1-D conv residual net over sensor windows (standardised)",
@@ -288,4 +455,4 @@ def fit_generator_scale(generator: nn.Module, x: torch.Tensor) -> None:
 
 
 __all__ = ["register_generator", "create_generator", "list_generators", "fit_generator_scale", "ImageGenerator",
-           "WaveformGenerator"]
+           "WaveformGenerator", "SpectralMaskGenerator"]

@@ -162,8 +162,74 @@ def info_nce(f1: torch.Tensor, f2: torch.Tensor, temperature: float = NCE_TEMPER
     return 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.t(), target))
 
 
-def _classifier_key(attr: str, kind: str = "model") -> str:
-    return f"clf_{attr}" if kind == "model" else f"adv_{attr}_{kind}"
+PRIOR_MIX_GRID = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
+def calibrated_cross_entropy(logits: torch.Tensor, target: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    r"""Cross-entropy of the best mixture of the classifier with the label prior.
+
+    .. math:: \mathrm{CE}^* = \min_{\lambda} -\frac1B \sum_b \log\big((1-\lambda)\, q(s_b \mid x'_b)
+              + \lambda\, p(s_b)\big),\quad \lambda \in \{0, 0.02, \dots, 0.9\}
+
+    Every mixture is itself a classifier, so :math:`H(S) - \mathrm{CE}^*` is still a lower bound
+    on :math:`I(X'; S)`, and a tighter one for an over-confident classifier: an adversary that beats
+    chance on unseen samples but is sometimes confidently wrong has a plain cross-entropy above
+    :math:`H(S)` (seen on synthetic-speech for speaker and gender with cross-fitted adversaries),
+    so the penalty :math:`v` was 0 and the generator got no gradient to suppress. ``lambda`` is
+    picked on the batch without gradient; the gradient flows through ``q`` at that ``lambda``.
+    """
+    log_q = torch.log_softmax(logits, dim=1).gather(1, target.view(-1, 1)).squeeze(1)
+    log_p = torch.log(prior.clamp_min(1e-8))[target]
+    with torch.no_grad():
+        scores = [float(-torch.logaddexp(log_q + math.log1p(-lam), log_p + math.log(lam)).mean()) if lam > 0
+                  else float(-log_q.mean()) for lam in PRIOR_MIX_GRID]
+    lam = PRIOR_MIX_GRID[int(np.argmin(scores))]
+    if lam == 0:
+        return -log_q.mean()
+    return -torch.logaddexp(log_q + math.log1p(-lam), log_p + math.log(lam)).mean()
+
+
+def _classifier_key(attr: str, kind: str = "model", fold: int | None = None) -> str:
+    key = f"clf_{attr}" if kind == "model" else f"adv_{attr}_{kind}"
+    return key if fold is None else f"{key}_fold{fold}"
+
+
+def _classifier_name(attr: str, kind: str, fold: int | None = None) -> str:
+    name = attr if kind == "model" else f"{attr}-{kind}"
+    return name if fold is None else f"{name}@{fold}"
+
+
+CROSS_FIT_FOLDS = 2
+
+
+class _WithFold(torch.utils.data.Dataset):
+    """``dataset[i]`` with the sample's cross-fitting fold appended to its label vector."""
+
+    def __init__(self, dataset: AttributeDataset, folds: np.ndarray):
+        self.dataset = dataset
+        self.folds = torch.as_tensor(np.asarray(folds, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, attrs = self.dataset[i]
+        return x, torch.cat([attrs, self.folds[int(i)].view(1)])
+
+
+def cross_fit_folds(n: int, seed: int, folds: int = CROSS_FIT_FOLDS, groups: np.ndarray | None = None) -> np.ndarray:
+    """A seeded, balanced random assignment of ``n`` samples to ``folds`` folds.
+
+    With ``groups`` (e.g. person ids) whole groups are assigned, so no group is in two folds.
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        out = np.empty(n, dtype=np.int64)
+        out[rng.permutation(n)] = np.arange(n) % folds
+        return out
+    ids = np.unique(groups)
+    fold_of = dict(zip(rng.permutation(ids).tolist(), (np.arange(len(ids)) % folds).tolist()))
+    return np.array([fold_of[g] for g in np.asarray(groups).tolist()], dtype=np.int64)
 
 
 class FlatAdversary(nn.Module):
@@ -197,6 +263,20 @@ class FlatAdversary(nn.Module):
         self.mean.copy_(f.mean(0))
         self.std.copy_(f.std(0) + 1e-4)
 
+    @torch.no_grad()
+    def track_scaler(self, x: torch.Tensor, momentum: float = 0.05) -> None:
+        """Move the standardisation towards the statistics of ``x`` (the current release).
+
+        The audit's attackers standardise with statistics of the *released* training data; an
+        adversary that kept the original data's statistics would see a shifted input as the
+        generator moves, so during training its scaler follows the release (exponential average).
+        """
+        if len(x) < 2:
+            return
+        f = self.frontend(x).flatten(1)
+        self.mean.lerp_(f.mean(0), momentum)
+        self.std.lerp_(f.std(0) + 1e-4, momentum)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body((self.frontend(x).flatten(1) - self.mean) / self.std)
 
@@ -222,23 +302,35 @@ class MaSSTask(TrainTask):
 
     ``nets`` holds the generator, the feature net and one classifier per attribute, so the shared
     loop checkpoints, resumes and (under ``torchrun``) data-parallelises all of them together.
+
+    ``classifiers`` maps ``(attribute, kind)`` or, when cross-fitting, ``(attribute, kind, fold)``
+    to a module. With folds the batch's label vector carries the sample's fold as its last column:
+    the classifier of fold ``k`` trains only on samples of fold ``k``, and in the generator step
+    each sample is scored by a classifier of *another* fold, which never trained on it. Its
+    cross-entropy then measures leakage that generalises to unseen samples (what the audit's
+    fresh attackers measure on held-out data) instead of how well the adversary memorised the
+    training samples, which a generator can defeat with sample-specific perturbations that leave
+    the attribute readable for a fresh attacker.
     """
 
-    def __init__(self, generator: nn.Module, feature_net: nn.Module, classifiers: dict[tuple[str, str], nn.Module],
+    def __init__(self, generator: nn.Module, feature_net: nn.Module, classifiers: dict[tuple, nn.Module],
                  schema: Schema, budgets: dict[str, Any], noise_dim: int, lr: float, classifier_lr: float,
-                 nce_weight: float, classifier_steps: int = 1):
-        # classifiers: {(attribute, kind): module}; a suppressed attribute may face several kinds
+                 nce_weight: float, classifier_steps: int = 1, track_scaler: bool = False,
+                 priors: dict[str, np.ndarray] | None = None):
         self.nets = {"generator": generator, "features": feature_net}
-        self.keys: list[tuple[str, str, str]] = []  # (net key, attribute, kind)
-        for (attr, kind), clf in classifiers.items():
-            key = _classifier_key(attr, kind)
+        # groups: (attribute, kind) -> [(net key, fold)]; fold None without cross-fitting
+        self.groups: dict[tuple[str, str], list[tuple[str, int | None]]] = {}
+        for member, clf in classifiers.items():
+            attr, kind, fold = (tuple(member) + (None,))[:3]
+            key = _classifier_key(attr, kind, fold)
             self.nets[key] = clf
-            self.keys.append((key, attr, kind))
+            self.groups.setdefault((attr, kind), []).append((key, fold))
+        self.cross_fit = any(fold is not None for g in self.groups.values() for _, fold in g)
         gen_params = list(generator.parameters()) + list(feature_net.parameters())
         clf_params = [p for c in classifiers.values() for p in c.parameters()]
         self.optimizers = {"generator": torch.optim.Adam(gen_params, lr=lr),
                            "classifiers": torch.optim.Adam(clf_params, lr=classifier_lr)}
-        self.columns = {a: schema.index(a) for a, _ in classifiers}
+        self.columns = {attr: schema.index(attr) for attr, _ in self.groups}
         self.suppress = budgets["suppress"]
         self.preserve = budgets["preserve"]
         self.entropy = budgets["entropy"]
@@ -246,9 +338,28 @@ class MaSSTask(TrainTask):
         self.noise_dim = noise_dim
         self.nce_weight = nce_weight
         self.classifier_steps = int(classifier_steps)
+        self.track_scaler = bool(track_scaler)
+        # label priors: when given, the penalties use the prior-calibrated cross-entropy
+        self.priors = {a: torch.as_tensor(np.asarray(p), dtype=torch.float32) for a, p in (priors or {}).items()}
+
+    def _scored_logits(self, members: list[tuple[str, int | None]], x: torch.Tensor,
+                       fold: torch.Tensor | None) -> torch.Tensor:
+        """Logits of each sample under a classifier that did not train on it (cross-fitting)."""
+        if fold is None or members[0][1] is None:
+            return self.nets[members[0][0]](x)
+        logits = None
+        for key, k in members:
+            # fold k's classifier scores the samples of the next fold (k + 1 mod K)
+            own = (fold == (k + 1) % len(members)).view(-1, 1)
+            out = self.nets[key](x)
+            logits = out * own if logits is None else logits + out * own
+        return logits
 
     def step(self, batch, epoch: int, step: int) -> dict[str, float]:
         x, attrs = batch
+        fold = None
+        if self.cross_fit:
+            attrs, fold = attrs[:, :-1], attrs[:, -1]
         gen, feat = self.nets["generator"], self.nets["features"]
         gen.train()
         feat.train()
@@ -259,11 +370,15 @@ class MaSSTask(TrainTask):
 
         # (a) generator step: constraint penalties through the current classifiers + InfoNCE
         loss = x_rel.new_zeros(())
-        for key, attr, kind in self.keys:
-            clf = self.nets[key]
-            clf.train()
+        for (attr, kind), members in self.groups.items():
+            for key, _ in members:
+                self.nets[key].train()
             col = self.columns[attr]
-            ce = nn.functional.cross_entropy(clf(x_rel), attrs[:, col])
+            logits = self._scored_logits(members, x_rel, fold)
+            if attr in self.priors:  # the logged ce_* is then the calibrated one
+                ce = calibrated_cross_entropy(logits, attrs[:, col], self.priors[attr])
+            else:
+                ce = nn.functional.cross_entropy(logits, attrs[:, col])
             if attr in self.m:
                 # one penalty per adversary family: the leakage bound is the tightest of them
                 v = torch.clamp(ce - self.entropy[attr] + self.m[attr], max=0.0)  # v_s = min(CE - H + m, 0)
@@ -271,7 +386,10 @@ class MaSSTask(TrainTask):
             else:
                 w = torch.clamp(ce - self.entropy[attr] + self.n[attr], min=0.0)  # w_u = max(CE - H + n, 0)
                 loss = loss + w ** 2 + w.abs()
-            stats[f"ce_{attr}" if kind == "model" else f"ce_{attr}_{kind}"] = float(ce.detach())
+            suffix = attr if kind == "model" else f"{attr}_{kind}"
+            stats[f"ce_{suffix}"] = float(ce.detach())
+            if fold is not None:
+                stats[f"heldout_acc_{suffix}"] = float((logits.detach().argmax(1) == attrs[:, col]).float().mean())
         if self.nce_weight > 0 and len(x) > 1:
             # one forward over [x; x'] (a DDP module must not run twice before backward)
             f = feat(torch.cat([x, x_rel]))
@@ -287,18 +405,31 @@ class MaSSTask(TrainTask):
         # (b) classifier step: plain cross-entropy on the detached release
         # (several steps approximate the adversary's inner maximisation better than one)
         x_det = x_rel.detach()
+        if self.track_scaler:
+            for members in self.groups.values():
+                for key, k in members:
+                    clf = self.nets[key]
+                    if isinstance(clf, FlatAdversary):
+                        clf.track_scaler(x_det if k is None else x_det[fold == k])
         opt_c = self.optimizers["classifiers"]
         for _ in range(self.classifier_steps):
             opt_c.zero_grad(set_to_none=True)
             loss_c = x_det.new_zeros(())
-            for key, attr, kind in self.keys:
+            for (attr, kind), members in self.groups.items():
                 col = self.columns[attr]
-                logits = self.nets[key](x_det)
-                loss_c = loss_c + nn.functional.cross_entropy(logits, attrs[:, col])
-                name = f"acc_{attr}" if kind == "model" else f"acc_{attr}_{kind}"
-                stats[name] = float((logits.argmax(1) == attrs[:, col]).float().mean())
-            loss_c.backward()
-            opt_c.step()
+                for key, k in members:
+                    rows = slice(None) if k is None else (fold == k)
+                    xs, ys = x_det[rows], attrs[rows, col]
+                    if len(ys) < 2:  # BatchNorm needs two samples; this fold is absent from the batch
+                        continue
+                    logits = self.nets[key](xs)
+                    loss_c = loss_c + nn.functional.cross_entropy(logits, ys)
+                    if k is None:
+                        name = f"acc_{attr}" if kind == "model" else f"acc_{attr}_{kind}"
+                        stats[name] = float((logits.argmax(1) == ys).float().mean())
+            if loss_c.requires_grad:
+                loss_c.backward()
+                opt_c.step()
         return stats
 
 
@@ -349,6 +480,23 @@ class MaSS:
         closer to the input (synthetic-motion relative MSE 16 -> 0.8), but on synthetic-motion it let
         the subject through (0.23 against chance 0.14 instead of 0.16): ``None`` means the same
         families as ``adversaries``.
+    cross_fit : bool
+        Cross-fitted adversaries (default ``False``, MaSS's own protocol). When ``True`` the training
+        samples are split at random into 2 folds, every adversary is duplicated, each copy trains
+        only on its fold, and the generator's penalties score every sample with the copy that never
+        trained on it. The penalties then track leakage to *unseen* samples, as the audit's fresh
+        attackers measure it, rather than how well an adversary memorised a few hundred training
+        samples (which the generator can defeat with sample-specific perturbations that leave the
+        attribute readable). Costs twice the adversaries, each on half the data.
+    track_scaler : bool
+        Let the flat adversaries' input standardisation follow the release during training
+        (exponential average, momentum 0.05), as the audit's attackers standardise with statistics
+        of the released data. Default ``False`` (statistics of the original data, fixed).
+    calibrate : bool
+        Estimate :math:`\\mathrm{CE}` in the penalties with the adversary mixed with the label prior
+        (:func:`calibrated_cross_entropy`; default ``False``, the plain cross-entropy). Needed with
+        ``cross_fit``: held-out adversaries are over-confident, their plain CE exceeds :math:`H(S)`
+        while they still beat chance, and :math:`v_i = 0` then gives the generator no gradient.
     generator : str, optional
         Generator architecture (default: the modality's, see :mod:`privkit.suppress.generators`).
     generator_kwargs : dict, optional
@@ -379,7 +527,8 @@ class MaSS:
                  feature_dim: int = 32, nce_weight: float = 0.1,
                  generator: str | None = None, generator_kwargs: Mapping[str, Any] | None = None,
                  adversaries: Sequence[str] = ADVERSARY_KINDS, preserve_adversaries: Sequence[str] | None = ("model",),
-                 seed: int = 0, progress: bool = False):
+                 cross_fit: bool = False, track_scaler: bool = False, calibrate: bool = False, seed: int = 0,
+                 progress: bool = False):
         self.suppress = suppress
         self.preserve = preserve
         self.budgets = budgets
@@ -397,6 +546,9 @@ class MaSS:
         self.generator_kwargs = generator_kwargs
         self.adversaries = adversaries
         self.preserve_adversaries = preserve_adversaries
+        self.cross_fit = cross_fit
+        self.track_scaler = track_scaler
+        self.calibrate = calibrate
         self.seed = seed
         self.progress = progress
 
@@ -404,7 +556,7 @@ class MaSS:
     _PARAMS = ("suppress", "preserve", "budgets", "epochs", "pretrain_epochs", "batch_size", "lr", "classifier_lr",
                "classifier_steps", "pretrain_lr",
                "noise_dim", "feature_dim", "nce_weight", "generator", "generator_kwargs", "adversaries", "preserve_adversaries",
-               "seed")
+               "cross_fit", "track_scaler", "calibrate", "seed")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         out = {}
@@ -494,13 +646,29 @@ class MaSS:
         attrs = budgets["suppress"] + budgets["preserve"]
         # suppressed attributes face every adversary family; preserved ones the preserve_adversaries
         # (H(U) - CE_U lower-bounds I(X'; U) for each classifier: see the class docstring for the trade-off)
-        members = [(a, kind) for a in budgets["suppress"] for kind in self._adversary_kinds()]
-        members += [(a, kind) for a in budgets["preserve"] for kind in self._adversary_kinds(preserve=True)]
-        classifiers: dict[tuple[str, str], nn.Module] = {}
-        for a, kind in members:
-            classifiers[(a, kind)] = create_adversary(kind, schema, schema.attribute(a).num_classes)
-            if isinstance(classifiers[(a, kind)], FlatAdversary):
-                classifiers[(a, kind)].fit_scaler(x_sample)
+        pairs = [(a, kind) for a in budgets["suppress"] for kind in self._adversary_kinds()]
+        pairs += [(a, kind) for a in budgets["preserve"] for kind in self._adversary_kinds(preserve=True)]
+        folds = None
+        if self.cross_fit:
+            # folds mirror the audit's split: closed-set (random samples) when the identity is among
+            # the attributes, else whole people per fold, so a held-out adversary cannot read an
+            # attribute through recognising a person it trained on (faces: gender via identity)
+            identity = schema.identity_attribute
+            grouped = identity is not None and identity not in attrs
+            groups = dataset.labels[:, schema.index(identity)] if grouped else None
+            if grouped and len(np.unique(groups)) < CROSS_FIT_FOLDS:
+                groups = None
+            folds = cross_fit_folds(len(dataset), int(self.seed), groups=groups)
+        fold_ids: list[int | None] = list(range(CROSS_FIT_FOLDS)) if self.cross_fit else [None]
+        if folds is not None and np.bincount(folds).min() < 2:
+            raise ConfigError(f"cross_fit needs at least {2 * CROSS_FIT_FOLDS} training samples, got {len(dataset)}")
+        members = [(a, kind, k) for a, kind in pairs for k in fold_ids]
+        classifiers: dict[tuple, nn.Module] = {}
+        for a, kind, k in members:
+            clf = create_adversary(kind, schema, schema.attribute(a).num_classes)
+            if isinstance(clf, FlatAdversary):
+                clf.fit_scaler(x_sample)
+            classifiers[(a, kind, k)] = clf
 
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
         main_ckpt = ckpt / "mass" if ckpt is not None else None
@@ -511,29 +679,44 @@ class MaSS:
             pretrain_epochs = int(self.pretrain_epochs)
             if pretrain_epochs > 0:
                 pretrain_epochs = max(pretrain_epochs, math.ceil(MIN_PRETRAIN_STEPS / steps_per_epoch))
-            for i, (a, kind) in enumerate(members):
+            for i, (a, kind, k) in enumerate(members):
                 if pretrain_epochs == 0:
                     break
-                name = a if kind == "model" else f"{a}-{kind}"
+                name = _classifier_name(a, kind, k).replace("@", "-fold")
+                # a cross-fitted copy pretrains on its own fold only: it must never see the other fold
+                part = dataset if k is None else dataset.subset(np.flatnonzero(folds == k))
                 loop = LoopConfig(epochs=pretrain_epochs, batch_size=int(self.batch_size),
                                   seed=int(self.seed) + 1 + i, progress=self.progress, description=f"pretrain {name}")
-                classifiers[(a, kind)], _ = train_classifier(
-                    classifiers[(a, kind)], dataset, a, ClassifierConfig(lr=self.pretrain_lr), loop,
+                classifiers[(a, kind, k)], _ = train_classifier(
+                    classifiers[(a, kind, k)], part, a, ClassifierConfig(lr=self.pretrain_lr), loop,
                     checkpoint_dir=ckpt / f"pretrain-{name}" if ckpt else None, resume=resume)
         task = MaSSTask(generator, feature_net, classifiers, schema, budgets, int(self.noise_dim), float(self.lr),
-                        float(self.classifier_lr), float(self.nce_weight), int(self.classifier_steps))
+                        float(self.classifier_lr), float(self.nce_weight), int(self.classifier_steps),
+                        track_scaler=bool(self.track_scaler),
+                        priors=self._priors(dataset, pairs) if self.calibrate else None)
         loop = LoopConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), seed=int(self.seed),
                           drop_last=len(dataset) > int(self.batch_size), progress=self.progress, description="MaSS")
-        history = run_training(task, dataset, loop, checkpoint_dir=main_ckpt, resume=resume)
+        history = run_training(task, dataset if folds is None else _WithFold(dataset, folds), loop,
+                               checkpoint_dir=main_ckpt, resume=resume)
         self.generator_ = unwrap(task.nets["generator"]).eval()
         self.feature_net_ = unwrap(task.nets["features"]).eval()
-        self.classifiers_ = {f"{a}" if kind == "model" else f"{a}-{kind}": unwrap(task.nets[_classifier_key(a, kind)]).eval()
-                             for a, kind in members}
+        self.classifiers_ = {_classifier_name(a, kind, k): unwrap(task.nets[_classifier_key(a, kind, k)]).eval()
+                             for a, kind, k in members}
         self.schema_ = schema
         self.budgets_ = budgets
         self.history_ = history
         self.data_fingerprint_ = dataset.fingerprint()
         return self
+
+    @staticmethod
+    def _priors(dataset: AttributeDataset, pairs) -> dict[str, np.ndarray]:
+        """Training label frequencies of every attribute with a classifier."""
+        out = {}
+        for a, _ in pairs:
+            k = dataset.schema.attribute(a).num_classes
+            counts = np.bincount(dataset.labels[:, dataset.schema.index(a)].astype(np.int64), minlength=k)
+            out[a] = counts / counts.sum()
+        return out
 
     # -- transform ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -611,7 +794,8 @@ class MaSS:
         return mass
 
 
-__all__ = ["MaSS", "MaSSTask", "info_nce", "label_entropy", "conditional_entropy", "resolve_budgets", "KIND"]
+__all__ = ["MaSS", "MaSSTask", "info_nce", "calibrated_cross_entropy", "cross_fit_folds", "label_entropy",
+           "conditional_entropy", "resolve_budgets", "KIND"]
 
 
 def _register_kind() -> None:
