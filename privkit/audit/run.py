@@ -164,6 +164,11 @@ def _add_audit(report: Report, label: str, res: ResidualResult, request, headlin
     return metrics
 
 
+def _or_dash(value):
+    """A table cell: the value, or a dash where a check did not measure it."""
+    return "–" if value is None else value
+
+
 #: Mean r_tau above which ``--fix`` runs RURK even when no single forget sample exceeds 1
 #: (issue 6's target for a fixed model).
 FIX_THRESHOLD = 1.05
@@ -182,6 +187,13 @@ def audit_residual_run(model_dir: Path, data_spec: str, forget_spec: str, out: P
     benchmark it cut a model at retrain's test accuracy by 10 points). ``force_fix`` runs RURK
     regardless. Either way the run holds ``fixed-model`` and a ``before``/``after`` pair, and
     ``metrics.json`` says whether the fix was applied (``fix_applied``).
+
+    The reference is handed to RURK (:meth:`~privkit.unlearn.methods_rurk.RURKUnlearner.with_reference`),
+    whose :class:`~privkit.audit.rurk.StopRule` stops once fresh perturbations of the forget set are
+    no longer recognised more than by the reference, and keeps the accuracy on the *validation*
+    split at or above ``min(before, reference) - 1 point`` (roll-back, halved step). The test split
+    is only used for the reported ``TA_before``/``TA_after`` (``n_test`` images); ``fix_stop`` and
+    ``fix_checks`` record the rule's decisions.
     """
     from privkit.audit.residual import _check_config
     from privkit.data.schema import Schema
@@ -227,12 +239,15 @@ def audit_residual_run(model_dir: Path, data_spec: str, forget_spec: str, out: P
             needs_fix = headline["frac_above_1"] > 0 or headline["mean_r_tau"] > FIX_THRESHOLD
             if needs_fix or force_fix:
                 request.start_model = unlearned
-                method = get_unlearner("rurk", **(fix_options or {}))
+                # the stop rule audits against the reference on fresh perturbations and keeps the validation
+                # accuracy above min(start, reference) - 1 point (never looks at the test split)
+                method = get_unlearner("rurk", **(fix_options or {})).with_reference(reference)
                 fixed, seconds, info = run_method(method, request)
+                fix_info = info.get("rurk", {})
                 after = audit_models(fixed, reference, request, taus, norm=norm, sampler=sampler, samples=samples,
                                      seed=seed)
             else:
-                fixed, seconds, after = unlearned, 0.0, before
+                fixed, seconds, after, fix_info = unlearned, 0.0, before, {}
                 report.text(f"No residual knowledge at tau={headline['tau']:g}: no forget sample has r_tau > 1 and the "
                             f"mean is {headline['mean_r_tau']:.3f} <= {FIX_THRESHOLD}. RURK was not run, so the model "
                             "keeps its utility; `fixed-model` is the audited model unchanged (pass --fix-always to "
@@ -249,7 +264,17 @@ def audit_residual_run(model_dir: Path, data_spec: str, forget_spec: str, out: P
             ta = {name: evaluate_predictions(m, request.test, request.context.target)["accuracy"]
                   for name, m in (("before", unlearned), ("after", fixed))}
             report.table("utility on the test split", ["model", "test accuracy"], [[k, v] for k, v in ta.items()])
-            report.update_metrics({"TA_before": ta["before"], "TA_after": ta["after"]})
+            report.update_metrics({"TA_before": ta["before"], "TA_after": ta["after"], "n_test": len(request.test)})
+            rule = fix_info.get("stop_rule")
+            if rule is not None:
+                report.update_metrics({"fix_stop": rule["stopped"], "fix_checks": rule["checks"]})
+                report.table("RURK stop rule (validation split and fresh perturbations; the test split is never used)",
+                             ["step", "val accuracy", "mean r_tau (fresh)", "fraction > 1 (fresh)", "action"],
+                             [[c.get("step"), _or_dash(c.get("val_accuracy")), _or_dash(c.get("mean_r_tau")), _or_dash(c.get("frac_above_1")),
+                               c.get("action", "")] for c in rule["checks"]])
+                report.text(f"RURK stopped: {rule['stopped']} (floor on validation accuracy: "
+                            + (f"{rule['floor']:.3f}" if rule["floor"] is not None else "none") + ").",
+                            title="Why RURK stopped")
             fixed_dir = run.path / "fixed-model"
             meta = model_meta(fixed, request.dataset.schema, target=request.context.target,
                               config=request.meta.get("config", {}), metrics={"TA": ta["after"]},
