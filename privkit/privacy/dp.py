@@ -53,6 +53,21 @@ def validate_for_dp(model: nn.Module) -> None:
                           f"use an architecture with norm=group")
 
 
+def smallest_reachable_epsilon(delta: float) -> float:
+    r"""The epsilon the RDP accountant reports as the noise grows without bound.
+
+    Opacus converts RDP to :math:`(\varepsilon, \delta)` by Balle et al. (2020, Thm. 21),
+    :math:`\varepsilon = \min_\alpha \mathrm{RDP}(\alpha) - \frac{\log\delta + \log\alpha}{\alpha - 1}
+    + \log\frac{\alpha - 1}{\alpha}`, over its default orders; with infinite noise
+    :math:`\mathrm{RDP}(\alpha) \to 0`, so no target at or below this value can be met.
+    """
+    import numpy as np
+    from opacus.accountants import RDPAccountant
+
+    orders = np.asarray(RDPAccountant.DEFAULT_ALPHAS, dtype=float)
+    return float(np.min(-(np.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)))
+
+
 class DPClassifierTask(ClassifierTask):
     """:class:`~privkit.train.ClassifierTask` made private with Opacus; batches come from Opacus's
     Poisson-sampling loader and the accountant's history is checkpointed for ``--resume``."""
@@ -62,6 +77,12 @@ class DPClassifierTask(ClassifierTask):
         from opacus import PrivacyEngine
 
         dp.validate(len(dataset))
+        floor = smallest_reachable_epsilon(dp.delta)
+        if dp.target_epsilon <= floor:
+            # Opacus would search noise multipliers up to 1e6 for about a minute before saying so
+            raise ConfigError(f"--target-epsilon {dp.target_epsilon:g} cannot be reached with --delta {dp.delta:g}: "
+                              f"even infinite noise spends {floor:.3g} under the RDP accountant; raise "
+                              f"--target-epsilon above {floor:.3g} or raise --delta")
         validate_for_dp(model)
         super().__init__(model, target_index, cfg)
         generator = torch.Generator().manual_seed(seed)

@@ -95,3 +95,16 @@ def test_dp_resume_gives_the_weights_and_epsilon_of_an_uninterrupted_run(tmp_pat
     resumed, eps_resumed = run(3, True, tmp_path / "ck")
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     assert eps_resumed == pytest.approx(eps_full)
+
+
+def test_smallest_reachable_epsilon_matches_the_accountant_at_huge_noise():
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+    from opacus.accountants import RDPAccountant
+
+    from privkit.privacy.dp import smallest_reachable_epsilon
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = compute_rdp(q=0.5, noise_multiplier=1e4, steps=10, orders=orders)
+    eps, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
+    assert smallest_reachable_epsilon(1e-5) == pytest.approx(eps, rel=1e-3)
+    assert smallest_reachable_epsilon(1e-3) < smallest_reachable_epsilon(1e-5)
