@@ -153,7 +153,7 @@ def fix_outcome(metrics: dict) -> str:
         return "not needed"
     stop = metrics.get("fix_stop", "epochs")
     checks = metrics.get("fix_checks") or []
-    step = checks[-1]["step"] if checks else "?"
+    step = checks[-1].get("restored_step", checks[-1]["step"]) if checks else "?"
     backtracks = sum("halved" in c.get("action", "") for c in checks)
     return f"{stop} @ step {step}" + (f", lr halved {backtracks}x" if backtracks else "")
 

@@ -287,21 +287,22 @@ class StopRule:
        of retrain"), never below it; without one, it may cost at most the tolerance. A check under the
        floor is not accepted and the run goes on (dips are often transient); a check more than twice
        the slack under the floor also halves the learning rate (at most ``max_backtracks`` times); if
-       the budget ends under the floor the model goes back to the last accepted check
-       (:meth:`finalize`, reason ``"utility"``);
+       the budget ends under the floor the model goes back to an accepted check (:meth:`finalize`,
+       reason ``"utility"``);
     3. **residual knowledge**: audits the forget set on *fresh* perturbations (seed
        ``seed + 7919 * (check + 1)``, never the audit's) at the training radius with ``samples``
        draws: against ``reference`` (``r = (k_m + 1) / (k_a + 1)``), or without one against the
        held-out samples ``heldout_x, heldout_y`` of the same classes (the weaker tier). It stops at the
        first check on or above the floor where no forget sample has :math:`r_\tau > 1` and the mean
-       is at most :data:`RESIDUAL_GONE_MEAN`.
+       is at most :data:`RESIDUAL_GONE_MEAN`. If the budget ends first, :meth:`finalize` keeps the accepted
+       check with the least residual knowledge (reason ``"best check"`` when that is not the last).
 
     ``val_x, val_y`` are the samples whose accuracy is guarded: :class:`~privkit.unlearn.methods_rurk.RURKUnlearner`
     passes the validation samples of the classes the retain set still holds (those of a forgotten
     class or identity are meant to be lost), and the held-out tier gets the whole validation split.
 
-    Attributes set while running: ``stopped``, ``reason`` (``"forgotten"``, ``"utility"`` or
-    ``None``), ``checks`` (one dict per check), ``backtracks`` (learning-rate halvings), ``floor``.
+    Attributes set while running: ``stopped``, ``reason`` (``"forgotten"``, ``"utility"``,
+    ``"best check"`` or ``None``), ``checks`` (one dict per check), ``backtracks`` (learning-rate halvings), ``floor``.
     """
 
     forget_x: torch.Tensor
@@ -343,6 +344,8 @@ class StopRule:
         self.last_step = 0
         self._last_under = False
         self._accepted_step = 0
+        self._last_key: tuple | None = None
+        self._best: tuple | None = None  # (residual key, snapshot, step) of the best accepted audited check
 
     @property
     def pending_steps(self) -> int:
@@ -420,20 +423,43 @@ class StopRule:
             if not under and m["frac_above_1"] == 0 and m["mean_r_tau"] <= RESIDUAL_GONE_MEAN:
                 self.stopped, self.reason = True, "forgotten"
                 record["action"] = "stop: residual knowledge gone on fresh perturbations"
+        key = (record["frac_above_1"], record["mean_r_tau"]) if "mean_r_tau" in record else None
         if not under:
             self._accept(model, optimizer)
             self._accepted_step = int(step)
+            if key is not None and (self._best is None or key < self._best[0]):
+                self._best = (key, self._snapshot, int(step))
         self._last_under = under
+        self._last_key = key
         self.checks.append(record)
         return out
 
     def finalize(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """End of the budget: check the last steps; under the floor, go back to the last accepted check."""
+        """End of the budget: check the last steps, then keep the best model the checks saw.
+
+        Under the floor at the end, the model goes back to an accepted check (reason ``"utility"``).
+        Otherwise, if an earlier accepted check had less residual knowledge (fewer forget samples with
+        :math:`r_\tau > 1`, then a lower mean) than the end of the budget, the model goes back to that
+        check (reason ``"best check"``): recognition of the forget perturbations can rise again late in
+        the budget while the retain terms restore utility.
+        """
         if self.stopped:
             return
         if self._steps_since:
             self.check(model, optimizer, self.last_step)
-        if self._last_under:
+            if self.stopped:
+                return
+        best = self._best
+        final_key = None if self._last_under else self._last_key
+        if best is not None and (final_key is None or best[0] < final_key):
+            self._snapshot = best[1]
+            self._restore(model, optimizer)
+            self.stopped, self.reason = True, ("utility" if self._last_under else "best check")
+            self.checks.append({"step": self.last_step, "restored_step": best[2],
+                                "action": f"stop: back to the check of step {best[2]}, "
+                                f"the least residual knowledge on fresh perturbations "
+                                f"(fraction above 1 {best[0][0]:.3f}, mean {best[0][1]:.3f})"})
+        elif self._last_under:
             self._restore(model, optimizer)
             self.stopped, self.reason = True, "utility"
             self.checks.append({"step": self.last_step, "action": "stop: under the floor at the end of the budget, "

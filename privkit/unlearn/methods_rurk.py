@@ -76,7 +76,9 @@ class RURKUnlearner(_Iterative):
         perturbations (``check_samples`` per forget sample) against the reference (set by
         :meth:`with_reference`) or, without one, against held-out validation samples of the same
         classes; and a validation-accuracy floor ``val_tolerance`` points under
-        ``min(start, reference)``, with roll-back and a halved learning rate when crossed.
+        ``min(start, reference)``, with roll-back and a halved learning rate when crossed. When
+        neither tier can audit the forget set (a whole class forgotten and no reference) the rule is
+        not used and the epoch budget decides.
     check_every : int, optional
         Steps between checks (default: a quarter of an epoch, at least 1).
     """
@@ -168,6 +170,10 @@ class RURKUnlearner(_Iterative):
                 # held-out samples of a class that is forgotten as a whole are recognised exactly as well as the
                 # forget samples by a model that kept the class: that tier would call it "forgotten" at once
                 hx = hy = None
+        # a rule that cannot audit the forget set (a whole class forgotten, no reference) would only guard the
+        # validation floor, and every check that forgets a little costs a little utility: it rolled the whole fix
+        # back (digits class 3 kept, r_tau 16.4). Without an audit the budget decides, as before the rule existed.
+        if self.early_stop and (self._reference is not None or hx is not None):
             stop_rule = StopRule(fx, fy, tau=self.tau, norm=self.norm, samples=self.check_samples, clip=clip,
                                  seed=context.seed, reference=self._reference, heldout_x=hx, heldout_y=hy,
                                  val_x=vx, val_y=vy, val_tolerance=self.val_tolerance,

@@ -159,3 +159,37 @@ def test_floor_is_min_of_start_and_reference_minus_tolerance(digits):
 def test_bad_stop_rule_is_a_config_error(digits, kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):
         _rule(digits, **kwargs)
+
+
+class _FakeAudit:
+    def __init__(self, frac, mean):
+        self.metrics = {"frac_above_1": frac, "mean_r_tau": mean, "recognition_unlearned": 0.5}
+
+    def to_metrics(self):
+        return self.metrics
+
+
+@pytest.mark.parametrize("sequence, expected_step, reason", [
+    ([(0.2, 1.5), (0.5, 3.0)], 1, "best check"),   # recognition rose again late: keep the earlier check
+    ([(0.5, 3.0), (0.2, 1.5)], 2, None),           # the end of the budget is the best: keep it
+])
+def test_end_of_budget_keeps_the_check_with_least_residual_knowledge(digits, monkeypatch, sequence, expected_step,
+                                                                     reason):
+    import privkit.audit.residual as residual_module
+
+    x, y_mem, f = digits["x"], digits["y_mem"], digits["forget"]
+    model = copy.deepcopy(digits["memorised"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rule = StopRule(x[f], y_mem[f], reference=digits["ref"], check_every=1000)
+    rule.start(model, opt)
+    weights = {}
+    for step, (frac, mean) in enumerate(sequence, start=1):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * step)
+        weights[step] = _params(model).clone()
+        monkeypatch.setattr(residual_module, "residual_knowledge", lambda *a, _m=(frac, mean), **k: _FakeAudit(*_m))
+        rule.check(model, opt, step)
+    rule.finalize(model, opt)
+    assert rule.reason == reason
+    assert torch.equal(_params(model), weights[expected_step])
