@@ -273,8 +273,11 @@ class SpectralMaskGenerator(nn.Module):
                  kernel: int = 3, max_gain_db: float = 20.0, additive: float = 1.0, init_scale: float = 0.1,
                  max_warp: float = 0.0):
         super().__init__()
-        if max_warp < 0:
+        if not (math.isfinite(max_warp) and max_warp >= 0):
             raise ConfigError(f"max_warp={max_warp} must be >= 0 (0 disables the frequency warp), e.g. 0.5")
+        if hop is not None and not (1 <= int(hop) <= n_fft // 2 and int(hop) == hop):
+            # the Hann-windowed STFT only inverts exactly (COLA) with at least 50 % overlap
+            raise ConfigError(f"hop={hop} must be an integer in [1, n_fft/2 = {n_fft // 2}], e.g. {n_fft // 4}")
         self.max_warp = float(max_warp)
         if int(n_fft) < 8 or int(n_fft) & (int(n_fft) - 1):
             raise ConfigError(f"n_fft={n_fft} must be a power of two >= 8, e.g. 256")

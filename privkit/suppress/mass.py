@@ -47,7 +47,7 @@ from torch import nn
 from privkit.data.datasets import AttributeDataset
 from privkit.data.schema import Schema
 from privkit.errors import ArtifactError, ConfigError, SchemaError
-from privkit.train import TrainTask
+from privkit.train import TrainTask, unwrap
 
 KIND = "mass"
 NCE_TEMPERATURE = 0.07
@@ -375,7 +375,7 @@ class MaSSTask(TrainTask):
                 self.nets[key].train()
             col = self.columns[attr]
             logits = self._scored_logits(members, x_rel, fold)
-            if attr in self.priors:  # the logged ce_* is then the calibrated one
+            if attr in self.priors:  # logged as ce_cal_* below
                 ce = calibrated_cross_entropy(logits, attrs[:, col], self.priors[attr])
             else:
                 ce = nn.functional.cross_entropy(logits, attrs[:, col])
@@ -387,7 +387,8 @@ class MaSSTask(TrainTask):
                 w = torch.clamp(ce - self.entropy[attr] + self.n[attr], min=0.0)  # w_u = max(CE - H + n, 0)
                 loss = loss + w ** 2 + w.abs()
             suffix = attr if kind == "model" else f"{attr}_{kind}"
-            stats[f"ce_{suffix}"] = float(ce.detach())
+            # a calibrated CE is logged under its own name: it is not comparable with the plain one
+            stats[f"{'ce_cal' if attr in self.priors else 'ce'}_{suffix}"] = float(ce.detach())
             if fold is not None:
                 stats[f"heldout_acc_{suffix}"] = float((logits.detach().argmax(1) == attrs[:, col]).float().mean())
         if self.nce_weight > 0 and len(x) > 1:
@@ -408,7 +409,7 @@ class MaSSTask(TrainTask):
         if self.track_scaler:
             for members in self.groups.values():
                 for key, k in members:
-                    clf = self.nets[key]
+                    clf = unwrap(self.nets[key])  # under torchrun the adversary is a DDP wrapper
                     if isinstance(clf, FlatAdversary):
                         clf.track_scaler(x_det if k is None else x_det[fold == k])
         opt_c = self.optimizers["classifiers"]

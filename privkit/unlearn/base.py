@@ -204,10 +204,40 @@ def get_unlearner(name: str, **params: Any) -> Unlearner:
     """
     _ensure_loaded()
     method = UNLEARNERS.lookup(name)
+    _check_option_types(name, method, params)
     try:
         return method(**params)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"bad options for unlearning method {name!r}: {e}") from None
+
+
+def _check_option_types(name: str, method: Any, params: dict) -> None:
+    """Refuse a hyperparameter whose value does not fit the constructor's annotation (one line).
+
+    Options from the CLI arrive as parsed JSON or plain strings: ``early_stop="False"`` would be a
+    truthy string and ``lam="abc"`` would fail deep inside training, after the run folder exists.
+    """
+    import inspect
+
+    try:
+        signature = inspect.signature(method.__init__)
+    except (TypeError, ValueError):
+        return
+    for key, value in params.items():
+        parameter = signature.parameters.get(key)
+        if parameter is None or value is None:
+            continue
+        annotation = str(parameter.annotation)
+        kinds = {part.strip() for part in annotation.replace("Optional[", "").rstrip("]").split("|")} - {"None"}
+        checks = {"bool": lambda v: isinstance(v, bool),
+                  "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                  "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                  "str": lambda v: isinstance(v, str)}
+        if not kinds or not kinds <= set(checks) or any(checks[k](value) for k in kinds):
+            continue  # fits, or an annotation this check does not understand
+        names = {"bool": "true or false", "float": "a number", "int": "an integer", "str": "a string"}
+        wanted = " or ".join(names[k] for k in sorted(kinds))
+        raise ConfigError(f"option {key}={value!r} of unlearning method {name!r} must be {wanted}")
 
 
 def fresh_model_like(model: nn.Module, schema) -> nn.Module:

@@ -326,11 +326,18 @@ class NTKUnlearner(_NTKBase):
         ``init`` otherwise.
     weighting : {"auto", "identity", "ggn"}
         :math:`W` of the Gram matrix :math:`J^TWJ` (:func:`~privkit.unlearn.ntk.weighted_rows`).
-        ``auto``: ``ggn`` at the trained weights, ``identity`` at :math:`w_0` or the initial weights.
+        ``auto``: ``identity`` for every parameter — ``ggn`` is solved in the primal (a P x P system
+        over *all* parameters), which rarely fits, while ``identity`` keeps the dual (N C x N C) open.
+        Pass ``weighting=ggn`` to ask for it.
     kept_state : {"auto", "off"}
         ``auto`` serves the request from the run folder's kept NTK state when it matches (module
         docstring), else one-shot; ``off`` always runs one-shot.
     """
+
+    def _weighting_mode(self, context: UnlearnContext) -> str:
+        if self.weighting == "auto":
+            return "identity"
+        return super()._weighting_mode(context)
 
 
 @register_unlearner("fast-ntk")

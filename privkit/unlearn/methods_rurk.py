@@ -160,7 +160,7 @@ class RURKUnlearner(_Iterative):
             fx, fy = _materialize(forget, t)
             hx, hy = _materialize(val, t) if val is not None else (None, None)
             vx, vy = hx, hy
-            retained = torch.unique(_materialize(retain, t)[1])
+            retained = torch.unique(torch.as_tensor(retain.labels[:, t]))  # labels only: no images loaded
             if vy is not None and vy.numel():
                 # the floor guards the utility that is kept: validation samples of a class the retain set no
                 # longer holds (a forgotten class or identity) are *meant* to be lost and would trip it

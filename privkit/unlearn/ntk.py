@@ -1214,6 +1214,8 @@ class NTKState:
             raise ArtifactError(f"{path} is not a privkit NTK state (format {cls.FORMAT}); "
                                 "rebuild it with NTKState.fit")
         needed = {"w0", "gram", "jtr", "eigvals", "eigvecs", "removed_jacobian", "delta"}
+        if meta["format"] != "privkit.ntk_state/1":
+            needed.add("point")  # only format 1 may omit it (it was always linearised at w0)
         if needed - set(tensors):
             raise ArtifactError(f"NTK state {path} lacks {sorted(needed - set(tensors))}; "
                                 "rebuild it with NTKState.fit")

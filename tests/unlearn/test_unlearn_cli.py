@@ -120,6 +120,8 @@ def _bad_inputs(root: Path) -> dict[str, list]:
         "wrong data seed": [*base, "--forget", "class=3", "--method", "finetune", "--data-seed", "3"],
         "--option without =": [*base, "--forget", "class=3", "--method", "finetune", "--option", "epochs"],
         "unknown method option": [*base, "--forget", "class=3", "--method", "finetune", "--option", "bogus=1"],
+        "method option of the wrong type": [*base, "--forget", "class=3", "--method", "rurk", "--option",
+                                            "early_stop=False"],
     }
 
 

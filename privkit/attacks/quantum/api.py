@@ -116,7 +116,8 @@ def run_qnn_attack(task: str = "cos", qubits: int = 6, ansatz: str = "complex",
         ``privacy`` (``epsilon``, ``delta``, ``noise_multiplier`` or None), ``config`` and
         ``timing_s``.
     """
-    validate_attack_config(task, qubits, ansatz, layers, batch, restarts, iterations, noise_sigma, clip)
+    validate_attack_config(task, qubits, ansatz, layers, batch, restarts, iterations, noise_sigma, clip,
+                           learning_rate)
     data = load_task(task, qubits, seed)
     rng = np.random.default_rng(seed)
     index = rng.choice(data.X.shape[0], size=batch, replace=False)
