@@ -103,7 +103,7 @@ def _wait_for_checkpoint(ck: Path, proc: subprocess.Popen, timeout: float = 60.0
 def test_sigkill_then_resume_gives_exact_weights(tmp_path):
     ref = _run_script(tmp_path / "ref", "--epochs", "3")
     assert ref.wait(120) == 0, ref.stdout.read()
-    victim = _run_script(tmp_path / "run", "--epochs", "3", "--sleep", "0.05")
+    victim = _run_script(tmp_path / "run", "--epochs", "3", "--sleep", "0.2")
     _wait_for_checkpoint(tmp_path / "run" / "checkpoints", victim)
     victim.send_signal(signal.SIGKILL)
     victim.wait(30)
@@ -114,9 +114,11 @@ def test_sigkill_then_resume_gives_exact_weights(tmp_path):
 
 
 def test_sigint_saves_checkpoint_and_exits_cleanly(tmp_path):
+    # 0.2 s per step leaves a window of seconds after the first checkpoint, so a busy machine cannot let the
+    # victim finish before the signal arrives (with 0.05 s it once did, under a concurrent test run)
     ref = _run_script(tmp_path / "ref", "--epochs", "3")
     assert ref.wait(120) == 0
-    victim = _run_script(tmp_path / "run", "--epochs", "3", "--sleep", "0.05")
+    victim = _run_script(tmp_path / "run", "--epochs", "3", "--sleep", "0.2")
     _wait_for_checkpoint(tmp_path / "run" / "checkpoints", victim)
     victim.send_signal(signal.SIGINT)
     out = victim.communicate(timeout=30)[0]
