@@ -67,6 +67,17 @@ def _check_positive(name: str, value, integer: bool = False) -> None:
         raise ConfigError(f"--{name} {value} must be a positive number")
 
 
+def recipe_parameters(model: nn.Module, recipe: TrainingRecipe) -> list[nn.Parameter]:
+    """Let only the recipe's trainable parameters (all, or a PEFT subset) require grad; return them."""
+    names = set(recipe.trainable) if recipe.trainable else None
+    for n, p in model.named_parameters():
+        p.requires_grad_(names is None or n in names)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters; the model's recipe names parameters it does not have")
+    return params
+
+
 def index_batches(n: int, batch_size: int, seed: int, epoch: int, stream: int = 0) -> list[np.ndarray]:
     """One epoch of shuffled index batches, a fixed function of ``(seed, epoch, stream)``."""
     if n == 0:
@@ -109,12 +120,7 @@ class UnlearnTask(TrainTask):
     def __init__(self, model: nn.Module, recipe: TrainingRecipe, lr: float, schedule, losses: dict,
                  grad_mask: dict[str, torch.Tensor] | None = None):
         self.frozen_stats = recipe.peft is not None
-        names = set(recipe.trainable) if recipe.trainable else None
-        for n, p in model.named_parameters():
-            p.requires_grad_(names is None or n in names)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError("no trainable parameters; the model's recipe names parameters it does not have")
+        params = recipe_parameters(model, recipe)
         self.nets = {"model": model}
         self.optimizers = {"model": make_optimizer(params, recipe.classifier_config(lr=lr))}
         self.batch_source = schedule

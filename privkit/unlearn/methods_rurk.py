@@ -27,7 +27,7 @@ from torch import nn
 
 from privkit.errors import ConfigError
 from privkit.unlearn.base import UnlearnContext, copy_model, register_unlearner
-from privkit.unlearn.baselines import _Cycle, _Iterative, index_batches, load_batch
+from privkit.unlearn.baselines import _Cycle, _Iterative, index_batches, load_batch, recipe_parameters
 
 __all__ = ["RURKUnlearner"]
 
@@ -128,12 +128,7 @@ class RURKUnlearner(_Iterative):
 
         student = copy_model(model)
         frozen_stats = r.peft is not None  # a PEFT model keeps its pretrained BatchNorm statistics
-        names = set(r.trainable) if r.trainable else None
-        for n, p in student.named_parameters():
-            p.requires_grad_(names is None or n in names)
-        params = [p for p in student.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError("no trainable parameters; the model's recipe names parameters it does not have")
+        params = recipe_parameters(student, r)
         optimizer = make_optimizer(params, r.classifier_config(lr=self._lr(r)))
         teacher = None
         if self.distill > 0:
