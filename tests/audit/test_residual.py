@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
@@ -14,23 +13,13 @@ from torch import nn
 from privkit.audit.residual import (SAMPLERS, NoiseStreams, residual_knowledge, residual_knowledge_loop)
 from privkit.errors import ConfigError
 
+from digits_mlp import fit as _fit
+from digits_mlp import mlp as _mlp
+
 
 # ---------------------------------------------------------------------------------------------
 # tiny digits set-up: 64 features in [0, 1], MLPs trained full-batch in well under a second
 # ---------------------------------------------------------------------------------------------
-def _mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def _fit(x, y, seed, steps=250):
-    model = _mlp(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

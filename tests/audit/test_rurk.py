@@ -9,22 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
-from torch import nn
 
 from privkit.audit.residual import residual_knowledge
 from privkit.audit.rurk import bounded_penalty, rurk_finetune, rurk_loss, rurk_step
 from privkit.errors import ConfigError
 
-
-def _fit(x, y, seed, steps=250):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+from digits_mlp import fit as _fit
 
 
 @pytest.fixture(scope="module")

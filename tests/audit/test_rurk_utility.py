@@ -15,16 +15,7 @@ from privkit.audit.residual import residual_knowledge
 from privkit.audit.rurk import StopRule, distillation_kl, rurk_finetune, rurk_loss
 from privkit.errors import ConfigError
 
-
-def _fit(x, y, seed, steps=250):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+from digits_mlp import fit as _fit
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,16 @@ def test_method_option_reaches_the_method_and_the_config(linear_run):
               "--option", "epochs=1", "--option", "lr=0.002", "--out", root / "opt"))
     config = json.loads((root / "opt" / "config.json").read_text())
     assert config["method_options"] == {"epochs": 1, "lr": 0.002}
+    # the method really ran with them: the same as the first-class flags, unlike its defaults
+    ok(invoke("unlearn", "--model", root / "base", "--data", "digits", "--forget", "random=0.1", "--method", "neggrad",
+              "--epochs", "1", "--lr", "0.002", "--out", root / "flags"))
+    ok(invoke("unlearn", "--model", root / "base", "--data", "digits", "--forget", "random=0.1", "--method", "neggrad",
+              "--out", root / "defaults"))
+
+    def after(name):
+        return json.loads((root / name / "receipt.json").read_text())["model_after_sha256"]
+
+    assert after("opt") == after("flags") != after("defaults")
 
 
 def test_peft_train_and_fast_ntk(tmp_path):
