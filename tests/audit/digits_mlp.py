@@ -5,8 +5,10 @@ Imported by the test modules beside it (pytest puts this folder on ``sys.path``;
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 from torch import nn
 
 
@@ -25,3 +27,12 @@ def fit(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int = 250) -> nn.Mod
         F.cross_entropy(model(x), y).backward()
         opt.step()
     return model.eval()
+
+
+def shuffled_digits() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """scikit-learn's digits as ``(x in [0, 1] (1797, 64), y, a fixed permutation of the indices)``."""
+    torch.set_num_threads(1)
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    return x, y, np.random.default_rng(0).permutation(len(x))

@@ -7,13 +7,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.datasets import load_digits
 from torch import nn
 
 from privkit.audit.residual import (SAMPLERS, NoiseStreams, residual_knowledge, residual_knowledge_loop)
 from privkit.errors import ConfigError
 
 from digits_mlp import fit as _fit
+from digits_mlp import shuffled_digits
 from digits_mlp import mlp as _mlp
 
 
@@ -24,11 +24,7 @@ from digits_mlp import mlp as _mlp
 
 @pytest.fixture(scope="module")
 def digits():
-    torch.set_num_threads(1)
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    perm = np.random.default_rng(0).permutation(len(x))
+    x, y, perm = shuffled_digits()
     test, train = perm[:300], perm[300:]
     forget, retain = train[:60], train[60:]
     # "memorised" forget set: labels swapped to another class, learnable only by memorising them

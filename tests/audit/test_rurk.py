@@ -8,22 +8,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 from privkit.audit.residual import residual_knowledge
 from privkit.audit.rurk import bounded_penalty, rurk_finetune, rurk_loss, rurk_step
 from privkit.errors import ConfigError
 
 from digits_mlp import fit as _fit
+from digits_mlp import shuffled_digits
 
 
 @pytest.fixture(scope="module")
 def digits():
-    torch.set_num_threads(1)
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    perm = np.random.default_rng(0).permutation(len(x))
+    x, y, perm = shuffled_digits()
     test, train = perm[:300], perm[300:]
     forget, retain = train[:40], train[40:]
     # the forget samples carry swapped labels, so a model can only recognise them by memorising them

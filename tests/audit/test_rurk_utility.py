@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from privkit.audit.residual import residual_knowledge
@@ -16,15 +14,12 @@ from privkit.audit.rurk import StopRule, distillation_kl, rurk_finetune, rurk_lo
 from privkit.errors import ConfigError
 
 from digits_mlp import fit as _fit
+from digits_mlp import shuffled_digits
 
 
 @pytest.fixture(scope="module")
 def digits():
-    torch.set_num_threads(1)
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    perm = np.random.default_rng(0).permutation(len(x))
+    x, y, perm = shuffled_digits()
     val, train = perm[:200], perm[200:]
     # a whole class forgotten (the case where RURK runs in the benchmark): the reference never saw a 3
     forget, retain = train[y[train] == 3], train[y[train] != 3]
