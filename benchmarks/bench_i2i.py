@@ -20,6 +20,7 @@ of the same alpha (relative difference; accuracies in points).
     OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --quick
     OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --quick --alpha 0.25,0.5 --lr 1e-3 --unlearn-epochs 10
     OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --quick --methods none --mask 0.75   # original vs retrain only
+    OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --quick --alpha 0.35 --frozen-stages 1,0 --lr 1e-3 --unlearn-epochs 10
     OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --scenarios digits-class,faces-age --models unet,mae-tiny
 
 Prints markdown tables.
@@ -149,6 +150,9 @@ def main(argv=None) -> None:
                         "first); the paper's 0.15 is also run")
     p.add_argument("--eval-epochs", type=int, default=None,
                    help="epochs of the metric classifier (default: the scenario's, see SCENARIOS)")
+    p.add_argument("--frozen-stages", default="0",
+                   help="li2024 rows keep the first K encoder stages (input side) at the original weights; a comma "
+                        "list gives one row per alpha and K (the proxy rows use the first of each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=None, help="learning rate of every unlearning method (default: theirs)")
     p.add_argument("--methods", default="all",
@@ -165,11 +169,23 @@ def main(argv=None) -> None:
         args.scenarios, args.models = "digits-class", "unet"
     alphas = [float(v) for v in str(args.alpha).split(",") if v.strip()]
     a = alphas[0]
-    # the paper's alpha as its own row, unless --alpha already has it
-    paper_row = [] if 0.15 in alphas else [("li2024-paper", "li2024 (alpha 0.15)", {"method": "li2024", "alpha": 0.15})]
-    methods = [*[("li2024", f"li2024 (alpha {v:g})", {"method": "li2024", "alpha": v}) for v in alphas], *paper_row,
-               ("proxy-held-out", f"li2024 (alpha {a:g})", {"method": "li2024", "alpha": a, "proxy": "held-out"}),
-               ("proxy-other", f"li2024 (alpha {a:g})", {"method": "li2024", "alpha": a, "proxy": "other"}),
+    try:
+        frozen = [int(v) for v in str(args.frozen_stages).split(",") if v.strip()]
+    except ValueError:
+        p.error(f"--frozen-stages {args.frozen_stages!r}: give whole numbers, e.g. 1 or 1,0")
+    k = frozen[0]
+    # the paper's alpha (whole encoder trained) as its own row, unless the alpha rows already have it
+    paper_row = [] if 0.15 in alphas and 0 in frozen else [
+        ("li2024-paper", "li2024 (alpha 0.15)", {"method": "li2024", "alpha": 0.15})]
+
+    def li_label(alpha: float, stages: int) -> str:
+        return f"li2024 (alpha {alpha:g}" + (f", {stages} encoder stage{'s' * (stages > 1)} frozen)" if stages else ")")
+
+    methods = [*[("li2024", li_label(v, fz), {"method": "li2024", "alpha": v, "frozen_stages": fz})
+                 for fz in frozen for v in alphas], *paper_row,
+               ("proxy-held-out", li_label(a, k), {"method": "li2024", "alpha": a, "frozen_stages": k,
+                                                   "proxy": "held-out"}),
+               ("proxy-other", li_label(a, k), {"method": "li2024", "alpha": a, "frozen_stages": k, "proxy": "other"}),
                ("max-loss", "max-loss", {"method": "max-loss"}), ("noisy-label", "noisy-label", {"method": "noisy-label"}),
                ("retain-label", "retain-label", {"method": "retain-label"}),
                ("random-encoder", "random-encoder", {"method": "random-encoder"})]
@@ -202,6 +218,7 @@ def main(argv=None) -> None:
                                      eval_on_completions=sc["eval_on_completions"] if args.eval_on_completions is None
                                      else args.eval_on_completions == "yes")
     print(f"\nmask {args.mask or 'per scenario'}, train epochs {args.train_epochs}, unlearn epochs {args.unlearn_epochs}, "
+          f"li2024 frozen encoder stages {args.frozen_stages}, "
           f"metric-classifier epochs {args.eval_epochs or 'per scenario'}, unlearning lr {args.lr or 'method default'}")
     print("| " + " | ".join(headers) + " |")
     print("|" + "---|" * len(headers))

@@ -66,6 +66,9 @@ def i2i_unlearn(model: Path = typer.Option(..., "--model", help="run folder of `
                                                      help="also retrain on the retain set in this command (timed)"),
                 epochs: Optional[int] = typer.Option(None, "--epochs", help="unlearning epochs"),
                 lr: Optional[float] = typer.Option(None, "--lr", help="unlearning learning rate"),
+                frozen_stages: Optional[int] = typer.Option(
+                    None, "--frozen-stages",
+                    help="keep the first K encoder stages (input side) at their original weights (default 0)"),
                 eval_epochs: int = typer.Option(8, "--eval-epochs", help="epochs of the metric classifier"),
                 eval_on_completions: bool = typer.Option(
                     False, "--eval-on-completions",
@@ -82,8 +85,8 @@ def i2i_unlearn(model: Path = typer.Option(..., "--model", help="run folder of `
     from privkit.generative.run import i2i_unlearn_run
 
     run = i2i_unlearn_run(model, data, forget, method, out, alpha=alpha, proxy_retain=proxy_retain,
-                          compare_retrain=compare_retrain, epochs=epochs, lr=lr, data_seed=data_seed, seed=seed,
-                          size=size, target=target, eval_epochs=eval_epochs,
+                          compare_retrain=compare_retrain, epochs=epochs, lr=lr, frozen_stages=frozen_stages,
+                          data_seed=data_seed, seed=seed, size=size, target=target, eval_epochs=eval_epochs,
                           eval_on_completions=eval_on_completions, overwrite=overwrite)
     m = read_metrics(run)
     if m is None:

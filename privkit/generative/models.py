@@ -103,6 +103,10 @@ class I2IModel(nn.Module):
     def embed(self, t: torch.Tensor) -> torch.Tensor:
         return flatten_embedding(self.encoder(t))
 
+    def encoder_stages(self) -> list[list[nn.Parameter]]:
+        """The encoder's parameters in stages, input side first (every parameter in exactly one stage)."""
+        return self.encoder.stages()
+
 
 # -- mae-tiny -------------------------------------------------------------------------------------
 
@@ -122,6 +126,12 @@ class PatchEncoder(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(t).flatten(2).transpose(1, 2) + self.pos
         return self.norm(self.blocks(tokens))
+
+    def stages(self) -> list[list[nn.Parameter]]:
+        """Patch embedding + positions, then one stage per Transformer layer (the last with the final norm)."""
+        layers = [list(layer.parameters()) for layer in self.blocks.layers]
+        layers[-1] += list(self.norm.parameters())
+        return [[*self.embed.parameters(), self.pos], *layers]
 
 
 class PatchDecoder(nn.Module):
@@ -191,6 +201,10 @@ class UNetEncoder(nn.Module):
         chans = [width * 2 ** i for i in range(levels)]
         self.levels = nn.ModuleList([_block(in_channels, chans[0])] +
                                     [_block(chans[i - 1], chans[i], stride=2) for i in range(1, levels)])
+
+    def stages(self) -> list[list[nn.Parameter]]:
+        """One stage per resolution level, full resolution first."""
+        return [list(level.parameters()) for level in self.levels]
 
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feats = []

@@ -131,14 +131,15 @@ def prepare_i2i_request(model_dir, data_spec: str, forget_spec: str, *, proxy_re
 
 
 def method_params(method_name: str, *, alpha: float | None = None, epochs: int | None = None,
-                  lr: float | None = None) -> dict:
-    """The options a method accepts among ``alpha``/``epochs``/``lr`` (``retrain`` has no alpha)."""
+                  lr: float | None = None, frozen_stages: int | None = None) -> dict:
+    """The options a method accepts among ``alpha``/``epochs``/``lr``/``frozen_stages`` (``retrain`` has none of
+    ``alpha``/``frozen_stages``)."""
     from privkit.generative.unlearn import I2I_UNLEARNERS
 
     accepted = inspect.signature(I2I_UNLEARNERS.lookup(method_name).__init__).parameters
     if alpha is not None and not alpha >= 0:
         raise ConfigError(f"--alpha {alpha} must be >= 0 (the paper uses 0.1-0.2)")
-    given = {"alpha": alpha, "epochs": epochs, "lr": lr}
+    given = {"alpha": alpha, "epochs": epochs, "lr": lr, "frozen_stages": frozen_stages}
     return {k: v for k, v in given.items() if v is not None and k in accepted}
 
 
@@ -256,7 +257,8 @@ def embedding_distances(original, unlearned, operator, x_forget: torch.Tensor, x
 
 def i2i_unlearn_run(model_dir, data_spec: str, forget_spec: str, method_name: str, out, *,
                     alpha: float | None = None, proxy_retain: str | None = None, compare_retrain: bool = False,
-                    epochs: int | None = None, lr: float | None = None, data_seed: int | None = None,
+                    epochs: int | None = None, lr: float | None = None, frozen_stages: int | None = None,
+                    data_seed: int | None = None,
                     seed: int | None = None, size: int | None = None, target: str | None = None,
                     eval_epochs: int = 8, eval_on_completions: bool = False, progress: bool = True,
                     overwrite: bool = False, dataset=None, proxy_dataset=None) -> Path:
@@ -267,6 +269,9 @@ def i2i_unlearn_run(model_dir, data_spec: str, forget_spec: str, method_name: st
     PSNR/SSIM after and ``_original``, ``unlearn_seconds``, ``retrain_seconds`` with
     ``--compare-retrain``) and ``report.html``.
 
+    ``frozen_stages`` keeps the first encoder stages (input side) of an encoder method at the
+    original weights (:func:`~privkit.generative.unlearn.freeze_encoder_stages`).
+
     ``eval_on_completions`` also trains the metric classifier on the original model's completions
     of the training images (with their true labels), for data where a classifier of real images
     misreads completions (:meth:`~privkit.generative.metrics.FeatureClassifier.fit`).
@@ -275,13 +280,17 @@ def i2i_unlearn_run(model_dir, data_spec: str, forget_spec: str, method_name: st
     from privkit.generative.train import i2i_meta
     from privkit.io.rundir import RunDir
 
-    params = method_params(method_name, alpha=alpha, epochs=epochs, lr=lr)
+    params = method_params(method_name, alpha=alpha, epochs=epochs, lr=lr, frozen_stages=frozen_stages)
     method = get_i2i_unlearner(method_name, **params)
     if eval_epochs < 1:
         raise ConfigError(f"--eval-epochs {eval_epochs} must be at least 1")
     request = prepare_i2i_request(model_dir, data_spec, forget_spec, proxy_retain=proxy_retain, data_seed=data_seed,
                                   seed=seed, size=size, target=target, dataset=dataset, proxy_dataset=proxy_dataset,
                                   progress=progress)
+    if params.get("frozen_stages"):  # refused before the metric classifier trains, not after
+        from privkit.generative.unlearn import check_frozen_stages
+
+        check_frozen_stages(request.model, int(params["frozen_stages"]))
     config: dict[str, Any] = {
         "task": "i2i", "model": str(model_dir), "data": str(data_spec), "forget": forget_spec, "method": method_name,
         "method_options": params, "proxy_retain": proxy_retain, "compare_retrain": bool(compare_retrain),

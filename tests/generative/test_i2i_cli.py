@@ -142,3 +142,16 @@ def test_cli_passes_eval_on_completions_through(workdir, tmp_path):
                 "--eval-epochs", "1", "--eval-on-completions", "--out", tmp_path / "c"], wd)
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "c" / "config.json").read_text())["eval_on_completions"] is True
+
+
+def test_cli_passes_frozen_stages_through_and_refuses_freezing_everything(workdir, tmp_path):
+    wd, commands = workdir
+    model_dir = wd / commands[0][commands[0].index("--out") + 1]
+    base = ["i2i", "unlearn", "--model", model_dir, "--data", "digits", "--forget", "class=3", "--epochs", "1",
+            "--eval-epochs", "1"]
+    r = invoke(base + ["--frozen-stages", "1", "--out", tmp_path / "f"], wd)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "f" / "config.json").read_text())["method_options"]["frozen_stages"] == 1
+    r = invoke(base + ["--frozen-stages", "99", "--out", tmp_path / "g"], wd)
+    assert one_line_error(r) and "--frozen-stages 99" in r.output, r.output
+    assert not (tmp_path / "g").exists()

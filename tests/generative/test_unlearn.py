@@ -218,3 +218,48 @@ def test_metric_classifier_trained_on_completions_reads_them_and_keeps_the_real_
     np.testing.assert_allclose(with_completions.class_prior_, np.bincount(labels, minlength=2) / len(labels))
     with pytest.raises(ConfigError, match="one completion per image"):
         FeatureClassifier("shape", epochs=1).fit(ds, completions=inverted[:10])
+
+
+@pytest.mark.parametrize("name", ["unet", "mae-tiny"])
+def test_encoder_stages_partition_the_encoder_parameters_input_side_first(name):
+    model = create_i2i(name, (1, 8, 8))
+    stages = model.encoder_stages()
+    ids = [id(p) for stage in stages for p in stage]
+    assert sorted(ids) == sorted(id(p) for p in model.encoder.parameters()) and len(set(ids)) == len(ids)
+    # the first stage reads the input: the U-Net's full-resolution level, the MAE patch embedding
+    first = model.encoder.levels[0] if name == "unet" else model.encoder.embed
+    assert {id(p) for p in first.parameters()} <= {id(p) for p in stages[0]}
+
+
+def test_frozen_stages_keep_the_first_encoder_stages_at_theta0_and_train_the_rest(trained):
+    model, op, ds, forget, retain = trained
+    xf, _ = forget.materialize()
+    out = get_i2i_unlearner("li2024", alpha=1.0, epochs=2, frozen_stages=1).unlearn(model, retain, forget, None,
+                                                                                   context=context(op))
+    frozen, rest = out.encoder_stages()[0], [p for s in out.encoder_stages()[1:] for p in s]
+    orig_frozen, orig_rest = model.encoder_stages()[0], [p for s in model.encoder_stages()[1:] for p in s]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, orig_frozen))
+    assert any(not torch.equal(a, b) for a, b in zip(rest, orig_rest))
+    # the full-resolution skip (read by the decoder) is unchanged, the deeper level moved the forget embedding
+    with torch.no_grad():
+        z0, z1 = model.encoder(op(xf)), out.encoder(op(xf))
+    assert torch.equal(z0[0], z1[0]) and not torch.allclose(z0[1], z1[1])
+    # the returned model trains normally again (nothing left frozen), the given model is untouched
+    assert all(p.requires_grad for p in out.parameters()) and all(p.requires_grad for p in model.parameters())
+
+
+def test_frozen_stages_bad_values_are_config_errors(trained):
+    model, op, ds, forget, retain = trained
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="frozen-stages"):
+            get_i2i_unlearner("li2024", frozen_stages=bad)
+    with pytest.raises(ConfigError, match="leaves nothing to train: this encoder has 2 stages"):
+        get_i2i_unlearner("li2024", epochs=1, frozen_stages=2).unlearn(model, retain, forget, None, context=context(op))
+
+
+def test_method_params_pass_frozen_stages_to_encoder_methods_only():
+    from privkit.generative.run import method_params
+
+    assert method_params("li2024", alpha=0.3, frozen_stages=1) == {"alpha": 0.3, "frozen_stages": 1}
+    assert method_params("max-loss", frozen_stages=2) == {"frozen_stages": 2}
+    assert method_params("retrain", alpha=0.3, frozen_stages=1, epochs=2) == {"epochs": 2}
