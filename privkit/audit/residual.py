@@ -44,6 +44,7 @@ random numbers: the curves over :math:`\tau` are smooth rather than noisy).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -92,7 +93,9 @@ def register_sampler(name: str):
     A sampler is called as ``sampler(x, y, *, tau, norm, samples, streams, clip, model, **options)``
     with ``x`` of shape ``(B, *input_shape)`` and returns perturbed inputs of shape
     ``(B, samples, *input_shape)``, each within the valid input range ``clip``. ``streams`` is a
-    :class:`NoiseStreams` giving one random generator per sample.
+    :class:`NoiseStreams` giving one random generator per sample. A sampler that declares an ``out``
+    keyword (as ``uniform`` and ``gaussian`` do) is handed a buffer of that shape to write into, so the
+    audit reuses one buffer for every chunk and radius; the others return new tensors.
     """
     return SAMPLERS.register(name)
 
@@ -149,14 +152,23 @@ class NoiseStreams:
     def __len__(self) -> int:
         return len(self.seeds)
 
-    def fill(self, kind: str, shape: tuple) -> torch.Tensor:
-        """``(B, *shape)`` draws, ``kind`` ``"rand"`` or ``"randn"``, written in place (no stacking copy)."""
+    def fill(self, kind: str, shape: tuple, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        """``(B, *shape)`` draws written in place (no stacking copy).
+
+        ``kind`` ``"rand"``: uniform on ``[low, high)``; ``"randn"``: standard normal. ``uniform_(-1, 1)``
+        gives bit for bit the numbers of ``rand() * 2 - 1`` (torch maps the same 24 random bits through
+        ``u * (high - low) + low`` in double precision, exact here), without the two extra passes.
+        """
         out = torch.empty((len(self.seeds), *shape), device=self.device)
-        fn = torch.rand if kind == "rand" else torch.randn
         gen = torch.Generator(device=self.device)
-        for j, s in enumerate(self.seeds):
-            gen.manual_seed(s)
-            fn(shape, generator=gen, out=out[j])
+        if kind == "rand":
+            for s, row in zip(self.seeds, out.unbind(0)):
+                gen.manual_seed(s)
+                row.uniform_(low, high, generator=gen)
+        else:
+            for s, row in zip(self.seeds, out.unbind(0)):
+                gen.manual_seed(s)
+                row.normal_(generator=gen)
         return out
 
     def per_sample(self, draw: Callable[[torch.Generator], torch.Tensor | tuple]):
@@ -201,19 +213,20 @@ def project_ball(x_adv: torch.Tensor, x: torch.Tensor, tau: float, norm: str,
 
 
 def sample_ball(x: torch.Tensor, tau: float, norm: str, samples: int, streams: NoiseStreams,
-                clip: tuple[float, float] | None) -> torch.Tensor:
+                clip: tuple[float, float] | None, out: torch.Tensor | None = None) -> torch.Tensor:
     r"""Uniform draws in :math:`B_p(x, \tau)`, clipped: ``(B, *s) -> (B, samples, *s)``.
 
     L-inf: :math:`x' = x + \tau (2U - 1)` with :math:`U \sim \mathcal U[0,1]^d`. L2: direction
     :math:`g / \lVert g \rVert_2` with :math:`g \sim \mathcal N(0, I_d)`, radius :math:`\tau U^{1/d}`
-    (the radius law of the uniform distribution in a :math:`d`-ball).
+    (the radius law of the uniform distribution in a :math:`d`-ball). ``out`` (shape
+    ``(B, samples, *s)``, optional) receives the result, so an audit of many radii reuses one buffer.
     """
     shape = tuple(x.shape[1:])
-    d = int(np.prod(shape)) if shape else 1
+    d = math.prod(shape)
     if norm == "linf":
-        # W = 2U - 1, uniform in the unit L-inf ball; x' = x + tau W
+        # W = 2U - 1, uniform in the unit L-inf ball (drawn directly on [-1, 1)); x' = x + tau W
         def unit_ball():
-            return streams.fill("rand", (samples, *shape)).mul_(2.0).sub_(1.0)
+            return streams.fill("rand", (samples, *shape), -1.0, 1.0)
     else:
         def unit_ball():
             def draw(g):
@@ -226,17 +239,17 @@ def sample_ball(x: torch.Tensor, tau: float, norm: str, samples: int, streams: N
             return direction.mul_(radius.reshape(*radius.shape, *([1] * len(shape))))
     # the unit draws are the same at every tau, so they are made once per chunk of samples
     unit = streams.cached(("ball", norm, samples, shape), unit_ball)
-    return _clip(torch.add(x.unsqueeze(1), unit, alpha=tau), clip)
+    return _clip(torch.add(x.unsqueeze(1), unit, alpha=tau, out=out), clip)
 
 
 @register_sampler("uniform")
-def uniform_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, **options):
+def uniform_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, out=None, **options):
     r"""Uniform in the L-inf or L2 ball of radius :math:`\tau` around ``x``, clipped to ``clip``."""
-    return sample_ball(x, tau, norm, samples, streams, clip)
+    return sample_ball(x, tau, norm, samples, streams, clip, out=out)
 
 
 @register_sampler("gaussian")
-def gaussian_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, **options):
+def gaussian_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, out=None, **options):
     r"""Isotropic Gaussian noise, clipped to ``clip``.
 
     :math:`\sigma = \tau` per dimension for ``linf``; :math:`\sigma = \tau / \sqrt d` for ``l2`` so the
@@ -244,10 +257,9 @@ def gaussian_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, **o
     the ball: this sampler probes a soft neighbourhood of scale :math:`\tau`.
     """
     shape = tuple(x.shape[1:])
-    d = int(np.prod(shape)) if shape else 1
-    sigma = tau if norm == "linf" else tau / math.sqrt(d)
+    sigma = tau if norm == "linf" else tau / math.sqrt(math.prod(shape))
     noise = streams.cached(("randn", samples, shape), lambda: streams.fill("randn", (samples, *shape)))
-    return _clip(torch.add(x.unsqueeze(1), noise, alpha=sigma), clip)
+    return _clip(torch.add(x.unsqueeze(1), noise, alpha=sigma, out=out), clip)
 
 
 @register_sampler("pgd")
@@ -303,11 +315,19 @@ def bootstrap_ci(values: np.ndarray, confidence: float, rng: np.random.Generator
     # resample in blocks so memory stays at block * n, not resamples * n
     block = max(1, min(resamples, 2_000_000 // n))
     index_dtype = np.int32 if n < 2**31 else np.int64
+    # Each resample's mean is (1/n) sum_j c_j v_j with c_j how often it drew sample j: one count matrix
+    # per group of resamples serves every radius as a single matrix product, instead of gathering
+    # resamples x n values once per radius. Groups are sized so the counts stay in cache.
+    group = max(1, min(block, 50_000 // n))  # group * n < 2**31 whenever n is: int32 offsets are safe
+    offsets = np.arange(group, dtype=index_dtype)[:, None] * index_dtype(n)
     for start in range(0, resamples, block):
         stop = min(resamples, start + block)
         index = rng.integers(0, n, size=(stop - start, n), dtype=index_dtype)
-        for t, row in enumerate(rows):
-            means[t, start:stop] = row[index].mean(axis=1)
+        for g0 in range(0, stop - start, group):
+            part = index[g0:g0 + group]
+            counts = np.bincount((part + offsets[:part.shape[0]]).ravel(), minlength=part.size)
+            counts = counts.reshape(part.shape).astype(np.float64)
+            means[:, start + g0:start + g0 + part.shape[0]] = (rows @ counts.T) / n
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha], axis=1)
     return low.reshape(values.shape[:-1]), high.reshape(values.shape[:-1])
@@ -510,12 +530,12 @@ class _EvalMode:
         return False
 
 
-def _count_correct(model: nn.Module, x_pert: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Correct predictions per sample among its perturbations: ``(B, K, *s) -> (B,)``."""
-    b, k = x_pert.shape[:2]
-    with torch.no_grad():
-        pred = model(x_pert.flatten(0, 1)).argmax(dim=-1).view(b, k)
-    return (pred == y[:, None]).sum(dim=1)
+def _accepts_out(fn: Callable) -> bool:
+    """Whether a sampler takes an ``out=`` buffer (the built-in uniform and Gaussian samplers do)."""
+    try:
+        return "out" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,8 +550,13 @@ def _neighbourhood_counts(model_for_sampler, models, x, y, taus, norm, sampler, 
     """
     sampler_fn = SAMPLERS[sampler]
     device = _model_device(model_for_sampler)
-    chunk = max(1, int(batch_size) // int(samples))
-    counts = [[] for _ in models]
+    samples = int(samples)
+    chunk = max(1, int(batch_size) // samples)
+    # One buffer receives every chunk's perturbed inputs at every radius (no fresh allocation per
+    # forward pass) when the sampler can write into it; the others return new tensors.
+    into_buffer = _accepts_out(sampler_fn)
+    buffer = None
+    counts = []
     seen = 0
     for xb, yb in _iter_batches(x, y, label_column):
         if xb.shape[0] != yb.shape[0]:
@@ -539,21 +564,30 @@ def _neighbourhood_counts(model_for_sampler, models, x, y, taus, norm, sampler, 
         for start in range(0, xb.shape[0], chunk):
             xc = xb[start:start + chunk].to(device)
             yc = yb[start:start + chunk].to(device)
-            streams = NoiseStreams.for_samples(seed, range(stream_offset + seen, stream_offset + seen + xc.shape[0]),
-                                               device)
-            per_tau = [np.empty((len(taus), xc.shape[0]), dtype=np.int64) for _ in models]
+            b = xc.shape[0]
+            streams = NoiseStreams.for_samples(seed, range(stream_offset + seen, stream_offset + seen + b), device)
+            extra = {}
+            if into_buffer:
+                if buffer is None or buffer.shape[2:] != xc.shape[1:] or buffer.shape[0] < b:
+                    buffer = torch.empty((max(b, chunk), samples, *xc.shape[1:]), dtype=xc.dtype, device=device)
+                extra["out"] = buffer[:b]
+            # predicted classes of every radius and model, compared with the labels once per chunk
+            pred = torch.empty((len(taus), len(models), b * samples), dtype=torch.long, device=device)
             for t, tau in enumerate(taus):
-                x_pert = sampler_fn(xc, yc, tau=float(tau), norm=norm, samples=int(samples), streams=streams,
-                                    clip=clip, model=model_for_sampler, **sampler_options)
-                for j, model in enumerate(models):
-                    per_tau[j][t] = _count_correct(model, x_pert, yc).cpu().numpy()
-                del x_pert
-            for j in range(len(models)):
-                counts[j].append(per_tau[j])
-            seen += xc.shape[0]
+                x_pert = sampler_fn(xc, yc, tau=float(tau), norm=norm, samples=samples, streams=streams,
+                                    clip=clip, model=model_for_sampler, **sampler_options, **extra)
+                flat = x_pert.flatten(0, 1)
+                with torch.inference_mode():
+                    for j, model in enumerate(models):
+                        torch.argmax(model(flat), dim=-1, out=pred[t, j])
+                del x_pert, flat
+            correct = (pred.view(len(taus), len(models), b, samples) == yc.view(1, 1, b, 1)).sum(dim=-1)
+            counts.append(correct.cpu().numpy())
+            seen += b
     if seen == 0:
         return None
-    return [np.concatenate(c, axis=1) for c in counts]
+    stacked = np.concatenate(counts, axis=-1)  # (T, M, N)
+    return [np.ascontiguousarray(stacked[:, j]) for j in range(len(models))]
 
 
 def _summarise(taus, k_m, k_a, samples, confidence, ci_method, seed) -> list[dict]:

@@ -265,6 +265,9 @@ def audit_residual_run(model_dir: Path, data_spec: str, forget_spec: str, out: P
                   for name, m in (("before", unlearned), ("after", fixed))}
             report.table("utility on the test split", ["model", "test accuracy"], [[k, v] for k, v in ta.items()])
             report.update_metrics({"TA_before": ta["before"], "TA_after": ta["after"], "n_test": len(request.test)})
+            if "distill_left_out" in fix_info:
+                # classes the retain distillation left out (a forgotten class or identity; see rurk_loss)
+                report.update_metrics({"fix_distill_left_out": fix_info["distill_left_out"]})
             rule = fix_info.get("stop_rule")
             if rule is not None:
                 report.update_metrics({"fix_stop": rule["stopped"], "fix_checks": rule["checks"]})

@@ -61,8 +61,8 @@ from privkit.audit.residual import NORMS, SAMPLERS, NoiseStreams, _labels_1d
 from privkit.errors import ConfigError
 from privkit.train import LoopConfig, TrainTask, run_training
 
-__all__ = ["bounded_penalty", "rurk_loss", "rurk_step", "rurk_finetune", "RURKTask", "StopRule",
-           "RESIDUAL_GONE_MEAN"]
+__all__ = ["bounded_penalty", "distillation_kl", "retained_classes", "rurk_loss", "rurk_step", "rurk_finetune",
+           "RURKTask", "StopRule", "RESIDUAL_GONE_MEAN"]
 
 # cap on the reported value of l_pen: -log(1 - p) = 20 means p(y|x') = 1 - 2e-9
 PENALTY_CAP = 20.0
@@ -75,7 +75,7 @@ RESIDUAL_GONE_MEAN = 1.05
 _CHECK_SEED_OFFSET = 7_919
 
 
-def _check(tau, norm, samples, lam, sampler, distill=0.0, temperature=1.0):
+def _check(tau, norm, samples, lam, sampler, distill=0.0, temperature=1.0, margin=0.0):
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
         raise ConfigError(f"tau={tau} is not a positive radius; use a value > 0 such as 0.03")
     if norm not in NORMS:
@@ -90,6 +90,8 @@ def _check(tau, norm, samples, lam, sampler, distill=0.0, temperature=1.0):
         raise ConfigError(f"distill={distill} must be a finite number >= 0, e.g. 1.0 (0 turns it off)")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ConfigError(f"temperature={temperature} must be a positive number, e.g. 2.0")
+    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        raise ConfigError(f"margin={margin} must be a finite logit margin >= 0, e.g. 2.0 (0: the paper's indicator)")
 
 
 def bounded_penalty(logits: torch.Tensor, y: torch.Tensor, cap: float = PENALTY_CAP) -> torch.Tensor:
@@ -107,14 +109,29 @@ def bounded_penalty(logits: torch.Tensor, y: torch.Tensor, cap: float = PENALTY_
     return value - (value - value.clamp(max=cap)).detach()
 
 
-def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                    keep: torch.Tensor | None = None) -> torch.Tensor:
     r""":math:`T^2\,\mathrm{KL}(p_{\text{teacher}}^{(T)} \Vert p_{\text{student}}^{(T)})`, batch mean.
 
     The :math:`T^2` factor keeps the gradient scale independent of :math:`T` (Hinton et al., 2015).
+    ``keep`` (class indices, optional) restricts both distributions to those classes, renormalised:
+    :math:`p^{(T)}_{\text{keep}}(c) = p^{(T)}(c) / \sum_{c' \in \text{keep}} p^{(T)}(c')`.
     """
     t = float(temperature)
+    if keep is not None:
+        student_logits, teacher_logits = student_logits[:, keep], teacher_logits[:, keep]
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1), log_target=True,
                     reduction="batchmean") * t * t
+
+
+def retained_classes(num_classes: int, forgotten: Iterable[int] | torch.Tensor | None) -> torch.Tensor | None:
+    """Indices ``0..num_classes-1`` without ``forgotten`` (``None`` when nothing is left out)."""
+    if forgotten is None:
+        return None
+    drop = set(int(c) for c in torch.as_tensor(forgotten).reshape(-1).tolist())
+    if not drop:
+        return None
+    return torch.tensor([c for c in range(int(num_classes)) if c not in drop], dtype=torch.long)
 
 
 def _split_batch(batch):
@@ -156,7 +173,8 @@ def rurk_loss(model: nn.Module, retain_batch, forget_batch, tau: float = 0.03, n
               samples: int = 8, lam: float = 1.0, sampler: str = "uniform",
               clip: tuple[float, float] | None = (0.0, 1.0), generator: torch.Generator | None = None,
               sampler_options: dict | None = None, teacher: nn.Module | None = None, distill: float = 0.0,
-              temperature: float = 1.0, freeze_norm_stats: bool = True) -> tuple[torch.Tensor, dict]:
+              temperature: float = 1.0, freeze_norm_stats: bool = True,
+              forgotten_classes: torch.Tensor | None = None, margin: float = 0.0) -> tuple[torch.Tensor, dict]:
     r"""The RURK objective on one retain batch and one forget batch.
 
     Parameters
@@ -187,6 +205,19 @@ def rurk_loss(model: nn.Module, retain_batch, forget_batch, tau: float = 0.03, n
         :math:`T` of the distillation term.
     freeze_norm_stats : bool
         Run the penalty's forward pass with BatchNorm in eval mode (see the module docstring).
+    forgotten_classes : Tensor, optional
+        Classes the retain set no longer holds (a forgotten class or identity). The distillation term
+        leaves them out (both distributions renormalised over the other classes): the teacher's
+        probability of a forgotten class on retain inputs is knowledge of that class, and distilling it
+        pulled the recognition of the forget perturbations back up once the penalty had removed it.
+    margin : float
+        :math:`m \ge 0` in logits: the penalty acts on perturbations with
+        :math:`z_y + m \ge \max_{c \ne y} z_c` (recognised, or within :math:`m` of being recognised)
+        instead of :math:`\arg\max f_\theta(x') = y`. With :math:`m = 0` (the paper's indicator,
+        up to ties) the penalty switches off as soon as a perturbation crosses the decision boundary, so
+        it fades as recognition drops and the retain terms can pull the perturbations back; a margin
+        keeps pushing them until they are :math:`m` logits away. Meant for a forgotten class or
+        identity, which a model retrained without it never predicts.
 
     Returns
     -------
@@ -196,7 +227,7 @@ def rurk_loss(model: nn.Module, retain_batch, forget_batch, tau: float = 0.03, n
         ``retain_ce``, ``distill`` (KL before :math:`\beta`), ``penalty`` (forget term before
         :math:`\lambda`), ``recognised`` (fraction of perturbations still classified as their forget label).
     """
-    _check(tau, norm, samples, lam, sampler, distill, temperature)
+    _check(tau, norm, samples, lam, sampler, distill, temperature, margin)
     device = next(iter(model.parameters())).device
     xr, yr = _split_batch(retain_batch)
     xr, yr = xr.to(device), yr.to(device)
@@ -207,7 +238,9 @@ def rurk_loss(model: nn.Module, retain_batch, forget_batch, tau: float = 0.03, n
     if teacher is not None and distill > 0:
         with torch.no_grad():
             teacher_logits = teacher(xr)
-        kl = distillation_kl(retain_logits, teacher_logits, temperature)
+        keep = retained_classes(retain_logits.shape[1], forgotten_classes)
+        kl = distillation_kl(retain_logits, teacher_logits, temperature,
+                             keep=None if keep is None else keep.to(retain_logits.device))
         loss = loss + distill * kl
         stats["distill"] = float(kl.detach())
     if forget_batch is None:
@@ -231,8 +264,15 @@ def rurk_loss(model: nn.Module, retain_batch, forget_batch, tau: float = 0.03, n
         logits = model(x_pert.flatten(0, 1))
     y_rep = yf.repeat_interleave(int(samples))
     recognised = (logits.argmax(dim=-1) == y_rep).float()
+    if margin > 0:
+        # the indicator is not differentiated: it only selects the perturbations the penalty acts on
+        z = logits.detach()
+        others = z.scatter(1, y_rep[:, None], float("-inf")).amax(dim=1)
+        selected = (z.gather(1, y_rep[:, None]).squeeze(1) + float(margin) >= others).float()
+    else:
+        selected = recognised
     penalty_per = bounded_penalty(logits, y_rep)
-    penalty = (recognised * penalty_per).mean()
+    penalty = (selected * penalty_per).mean()
     stats["penalty"] = float(penalty.detach())
     stats["recognised"] = float(recognised.mean())
     return loss + lam * penalty, stats
@@ -242,7 +282,7 @@ def rurk_step(model: nn.Module, optimizer: torch.optim.Optimizer, retain_batch, 
               norm: str = "linf", samples: int = 8, lam: float = 1.0, sampler: str = "uniform",
               clip: tuple[float, float] | None = (0.0, 1.0), generator: torch.Generator | None = None,
               sampler_options: dict | None = None, teacher: nn.Module | None = None, distill: float = 0.0,
-              temperature: float = 1.0, train_mode: bool = True) -> dict:
+              temperature: float = 1.0, train_mode: bool = True, margin: float = 0.0) -> dict:
     """One optimiser step on :func:`rurk_loss`; returns its stats plus ``loss`` (floats).
 
     ``train_mode=False`` keeps the model in eval mode (a PEFT model's frozen BatchNorm statistics).
@@ -251,7 +291,7 @@ def rurk_step(model: nn.Module, optimizer: torch.optim.Optimizer, retain_batch, 
     optimizer.zero_grad(set_to_none=True)
     loss, stats = rurk_loss(model, retain_batch, forget_batch, tau=tau, norm=norm, samples=samples, lam=lam,
                             sampler=sampler, clip=clip, generator=generator, sampler_options=sampler_options,
-                            teacher=teacher, distill=distill, temperature=temperature)
+                            teacher=teacher, distill=distill, temperature=temperature, margin=margin)
     loss.backward()
     optimizer.step()
     stats["loss"] = float(loss.detach())
@@ -563,7 +603,8 @@ def rurk_finetune(model: nn.Module, retain_loader: Iterable, forget_loader: Iter
                   seed: int = 0, sampler: str = "uniform", clip: tuple[float, float] | None = (0.0, 1.0),
                   sampler_options: dict | None = None, distill: float = 1.0, temperature: float = 1.0,
                   stop_rule: StopRule | None = None, recalibrate: bool = True, progress: bool = False,
-                  step_callback: Callable[[int, int, dict], None] | None = None) -> nn.Module:
+                  step_callback: Callable[[int, int, dict], None] | None = None,
+                  forgotten_classes: Iterable[int] | None = None, margin: float = 0.0) -> nn.Module:
     """Fine-tune ``model`` in place with the RURK objective (Adam) through the shared loop; return it.
 
     One epoch is one pass over ``retain_loader``; forget batches are drawn in turn from
@@ -584,8 +625,13 @@ def rurk_finetune(model: nn.Module, retain_loader: Iterable, forget_loader: Iter
         Progress bar of the shared loop.
     step_callback : callable, optional
         Called as ``step_callback(epoch, step, stats)`` after every step (progress bars, logging).
+    forgotten_classes : iterable of int, optional
+        Classes the retain set no longer holds; left out of the distillation term (see :func:`rurk_loss`).
+    margin : float
+        Logit margin of the penalty's indicator (see :func:`rurk_loss`; 0: the paper's).
     """
-    _check(tau, norm, samples, lam, sampler, distill, temperature)
+    _check(tau, norm, samples, lam, sampler, distill, temperature, margin)
+    forgotten = None if forgotten_classes is None else torch.as_tensor(list(forgotten_classes), dtype=torch.long)
     if int(epochs) != epochs or epochs < 1:
         raise ConfigError(f"epochs={epochs}; use an integer >= 1")
     if not (math.isfinite(lr) and lr > 0):
@@ -605,7 +651,7 @@ def rurk_finetune(model: nn.Module, retain_loader: Iterable, forget_loader: Iter
     def loss(m, retain_batch, forget_batch):
         return rurk_loss(m, retain_batch, forget_batch, tau=tau, norm=norm, samples=samples, lam=lam, sampler=sampler,
                          clip=clip, generator=generator, sampler_options=sampler_options, teacher=teacher,
-                         distill=distill, temperature=temperature)
+                         distill=distill, temperature=temperature, forgotten_classes=forgotten, margin=margin)
 
     if stop_rule is not None:
         if stop_rule.recalibrate is None:

@@ -81,6 +81,14 @@ class RURKUnlearner(_Iterative):
         not used and the epoch budget decides.
     check_every : int, optional
         Steps between checks (default: a quarter of an epoch, at least 1).
+    distill_forgotten : bool
+        Whether the distillation term keeps the classes the retain set no longer holds (a forgotten
+        class or identity). Default ``False``: they are left out (see
+        :func:`~privkit.audit.rurk.rurk_loss`), since distilling the starting model's probability of
+        a forgotten class on retain inputs brought the recognition of its perturbations back.
+    margin : float
+        Logit margin of the penalty's indicator: perturbations within ``margin`` logits of being
+        recognised are penalised too (0: the paper's indicator; see :func:`~privkit.audit.rurk.rurk_loss`).
     """
 
     epochs_fraction = 0.5
@@ -89,7 +97,8 @@ class RURKUnlearner(_Iterative):
     def __init__(self, epochs: int | None = None, lr: float | None = None, lam: float = 1.0, tau: float = 0.03,
                  norm: str = "linf", samples: int = 4, sampler: str = "pgd", distill: float = 1.0,
                  temperature: float = 1.0, early_stop: bool = True, check_every: int | None = None,
-                 check_samples: int = 32, val_tolerance: float = 1.0):
+                 check_samples: int = 32, val_tolerance: float = 1.0, distill_forgotten: bool = False,
+                 margin: float = 0.0):
         super().__init__(epochs, lr)
         self.lam = lam
         self.tau = tau
@@ -102,6 +111,8 @@ class RURKUnlearner(_Iterative):
         self.check_every = check_every
         self.check_samples = check_samples
         self.val_tolerance = val_tolerance
+        self.distill_forgotten = distill_forgotten
+        self.margin = margin
         self._reference: nn.Module | None = None
 
     def with_reference(self, reference: nn.Module | None) -> "RURKUnlearner":
@@ -144,10 +155,16 @@ class RURKUnlearner(_Iterative):
             for idx in index_batches(len(retain), r.batch_size, context.seed, epoch, stream=0):
                 yield load_batch(retain, idx, t)
 
+        retained = torch.unique(torch.as_tensor(retain.labels[:, t]))  # labels only: no images loaded
+        fy_all = torch.as_tensor(forget.labels[:, t]).long()
+        # classes forgotten as a whole: the distillation term leaves them out (see rurk_loss)
+        forgotten = None if self.distill_forgotten else torch.unique(fy_all[~torch.isin(fy_all, retained)])
+
         def loss(m, retain_batch, forget_batch):
             return rurk_loss(m, retain_batch, forget_batch, tau=self.tau, norm=self.norm, samples=self.samples,
                              lam=self.lam, sampler=self.sampler, clip=clip, generator=generator, teacher=teacher,
-                             distill=self.distill, temperature=self.temperature)
+                             distill=self.distill, temperature=self.temperature, forgotten_classes=forgotten,
+                             margin=self.margin)
 
         stop_rule = None
         if self.early_stop:
@@ -155,7 +172,6 @@ class RURKUnlearner(_Iterative):
             fx, fy = _materialize(forget, t)
             hx, hy = _materialize(val, t) if val is not None else (None, None)
             vx, vy = hx, hy
-            retained = torch.unique(torch.as_tensor(retain.labels[:, t]))  # labels only: no images loaded
             if vy is not None and vy.numel():
                 # the floor guards the utility that is kept: validation samples of a class the retain set no
                 # longer holds (a forgotten class or identity) are *meant* to be lost and would trip it
@@ -187,6 +203,8 @@ class RURKUnlearner(_Iterative):
             p.requires_grad_(True)
         context.info["rurk"] = {"tau": self.tau, "norm": self.norm, "samples": self.samples, "lam": self.lam,
                                 "sampler": self.sampler, "clip": clip, "distill": self.distill,
+                                "distill_left_out": [] if forgotten is None else forgotten.tolist(),
+                                "margin": self.margin,
                                 "epochs_budget": int(epochs),
                                 **({"stop_rule": stop_rule.summary()} if stop_rule is not None else {})}
         return student

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from privkit.audit.residual import (SAMPLERS, NoiseStreams, residual_knowledge, residual_knowledge_loop)
+from privkit.audit.residual import (SAMPLERS, NoiseStreams, bootstrap_ci, residual_knowledge,
+                                    residual_knowledge_loop)
 from privkit.errors import ConfigError
 
 from digits_mlp import fit as _fit
@@ -189,6 +190,41 @@ def test_uniform_l2_radius_law():
     assert abs(u.mean() - 0.5) < 0.03 and abs(u.var() - 1 / 12) < 0.01
     # directions are isotropic: the mean draw is near the centre
     assert out[0].mean(dim=0).abs().max() < 0.03
+
+
+@pytest.mark.parametrize("n, resamples", [(2, 7), (37, 500), (300, 2000)])
+def test_bootstrap_counts_match_gathered_resamples(n, resamples):
+    # the fast bootstrap (count matrix x values) against the obvious one: the same index draws,
+    # each row resampled by gathering and averaged
+    values = np.random.default_rng(n).gamma(2.0, size=(3, n))
+    low, high = bootstrap_ci(values, 0.9, np.random.default_rng(5), resamples=resamples)
+    rng = np.random.default_rng(5)
+    block = max(1, min(resamples, 2_000_000 // n))
+    means = np.empty((3, resamples))
+    for start in range(0, resamples, block):
+        stop = min(resamples, start + block)
+        index = rng.integers(0, n, size=(stop - start, n), dtype=np.int32)
+        means[:, start:stop] = values[:, index].mean(axis=-1)
+    ref_low, ref_high = np.quantile(means, [0.05, 0.95], axis=1)
+    np.testing.assert_allclose(low, ref_low, rtol=1e-12)
+    np.testing.assert_allclose(high, ref_high, rtol=1e-12)
+    assert (low < values.mean(axis=1)).all() and (values.mean(axis=1) < high).all()
+
+
+def test_unit_draws_are_the_streams_uniforms_and_the_buffer_changes_nothing():
+    # W = 2U - 1 drawn directly on [-1, 1) is bit for bit 2 * rand - 1 of each sample's own stream
+    streams = NoiseStreams.for_samples(3, [0, 5, 9])
+    unit = streams.fill("rand", (4, 6), -1.0, 1.0)
+    for row, seed in zip(unit, streams.seeds):
+        g = torch.Generator().manual_seed(seed)
+        assert torch.equal(row, torch.rand((4, 6), generator=g) * 2 - 1)
+    x = torch.rand((3, 6), generator=torch.Generator().manual_seed(1))
+    for sampler in ("uniform", "gaussian"):
+        kw = dict(tau=0.2, norm="linf", samples=4, clip=(0.0, 1.0))
+        plain = SAMPLERS[sampler](x, None, streams=NoiseStreams.for_samples(3, [0, 5, 9]), **kw)
+        buffer = torch.full((3, 4, 6), float("nan"))
+        into = SAMPLERS[sampler](x, None, streams=NoiseStreams.for_samples(3, [0, 5, 9]), out=buffer, **kw)
+        assert into.data_ptr() == buffer.data_ptr() and torch.equal(into, plain)
 
 
 # ---------------------------------------------------------------------------------------------

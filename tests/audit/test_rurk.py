@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from privkit.audit.residual import residual_knowledge
-from privkit.audit.rurk import bounded_penalty, rurk_finetune, rurk_loss, rurk_step
+from privkit.audit.rurk import (bounded_penalty, distillation_kl, retained_classes, rurk_finetune, rurk_loss,
+                                rurk_step)
 from privkit.errors import ConfigError
 
 from digits_mlp import fit as _fit
@@ -106,6 +107,52 @@ def test_no_penalty_when_no_perturbation_is_recognised(digits):
                             generator=torch.Generator().manual_seed(0))
     assert stats["recognised"] == 1.0 and stats["penalty"] > 0
     assert loss.item() == pytest.approx(stats["retain_ce"] + 3.0 * stats["penalty"], rel=1e-5)
+
+
+def test_margin_penalises_perturbations_close_to_being_recognised(digits):
+    x, y = digits["x"], digits["y"]
+    model = copy.deepcopy(digits["ref"])
+    xf = x[100:110]
+    with torch.no_grad():
+        z = model(xf)
+    # label each forget sample with its runner-up class: never the prediction, within the top-2 gap of it
+    top2 = z.topk(2, dim=-1)
+    yf = top2.indices[:, 1]
+    gap = float((top2.values[:, 0] - top2.values[:, 1]).max())
+    kw = dict(tau=1e-4, samples=4, lam=1.0, generator=torch.Generator().manual_seed(0))
+    _, plain = rurk_loss(model, (x[:32], y[:32]), (xf, yf), **kw)
+    _, small = rurk_loss(model, (x[:32], y[:32]), (xf, yf), margin=1e-6, **kw)
+    _, wide = rurk_loss(model, (x[:32], y[:32]), (xf, yf), margin=gap + 1.0, **kw)
+    assert plain["recognised"] == small["recognised"] == wide["recognised"] == 0.0  # the indicator's own count
+    assert plain["penalty"] == 0.0 and small["penalty"] == 0.0
+    # every perturbation is within the wide margin: the penalty is the mean bounded penalty of all of them
+    with torch.no_grad():
+        expected = float(bounded_penalty(model(xf.repeat_interleave(4, dim=0)), yf.repeat_interleave(4)).mean())
+    assert wide["penalty"] == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ConfigError, match="margin=-1"):
+        rurk_loss(model, (x[:32], y[:32]), (xf, yf), margin=-1.0, **kw)
+
+
+def test_distillation_leaves_forgotten_classes_out():
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn((6, 5), generator=g, requires_grad=True)
+    teacher = torch.randn((6, 5), generator=g)
+    keep = retained_classes(5, torch.tensor([3, 1, 3]))
+    assert keep.tolist() == [0, 2, 4] and retained_classes(5, []) is None and retained_classes(5, None) is None
+    t = 2.0
+    kl = distillation_kl(student, teacher, t, keep=keep)
+    # the obvious formula: renormalised tempered distributions over the kept classes
+    p = torch.softmax(teacher[:, keep] / t, 1)
+    q = torch.softmax(student[:, keep] / t, 1)
+    expected = (p * (p.log() - q.log())).sum(1).mean() * t * t
+    assert kl.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the teacher's belief in a forgotten class does not reach the student
+    louder = teacher.clone()
+    louder[:, 3] += 10.0
+    assert distillation_kl(student, louder, t, keep=keep).item() == pytest.approx(kl.item(), rel=1e-6)
+    kl.backward()
+    assert student.grad[:, [1, 3]].abs().max() == 0 and student.grad[:, keep].abs().max() > 0
+    assert distillation_kl(student, louder, t).item() > kl.item() + 1  # without keep it does
 
 
 def test_rurk_finetune_is_seeded_and_reports_every_step(digits):

@@ -39,6 +39,8 @@ def test_fix_flow_stops_on_the_rule_and_its_floor_comes_from_the_validation_spli
     m = json.loads((out / "metrics.json").read_text())
     assert m["fix_applied"] and m["before"]["frac_above_1"] > 0
     assert m["fix_stop"] in {"forgotten", "utility", "best check", "epochs"}
+    # the whole class 3 is forgotten: the retain distillation leaves it out
+    assert m["fix_distill_left_out"] == [3]
     checks = m["fix_checks"]
     # the floor: min(validation accuracy before the fix, the reference's) minus max(1 point, 1 image),
     # recomputed here from the validation split of the request (the test split is never used)
