@@ -106,7 +106,7 @@ def parse_mass_options(items) -> dict:
 
 
 def results(configs, size: int, epochs: int, attackers: list[str], out_root: Path, shared: Path,
-            image_size=None, mass_overrides=None) -> list[dict]:
+            image_size=None, mass_overrides=None, seed: int = 0, budgets=None) -> list[dict]:
     import numpy as np
 
     from privkit.data import load_dataset
@@ -119,10 +119,11 @@ def results(configs, size: int, epochs: int, attackers: list[str], out_root: Pat
             print(f"# skip {data}: {spec} not found", flush=True)
             continue
         load = {"image_size": image_size} if image_size and data == "synthetic-faces" else {}
-        ds = load_dataset(spec, size=None if data == "fsdd" else size, **load)
+        # --seed: a different generated dataset (synthetic), subset (FSDD), evaluation split and MaSS seed
+        ds = load_dataset(spec, size=None if data == "fsdd" else size, **load, **({"seed": seed} if data != "fsdd" else {}))
         if data == "fsdd" and size and size < len(ds):
             # a real dataset cannot be generated at a size: a seeded random subset instead
-            ds = ds.subset(np.sort(np.random.default_rng(0).choice(len(ds), size=size, replace=False)))
+            ds = ds.subset(np.sort(np.random.default_rng(seed).choice(len(ds), size=size, replace=False)))
         options = {**RESULT_MASS_OPTIONS.get(data, {}), **(mass_overrides or {})}
         # suppress_run takes these two itself; passing them inside mass_options raised a TypeError
         batch_size = int(options.pop("batch_size", 64))
@@ -130,13 +131,14 @@ def results(configs, size: int, epochs: int, attackers: list[str], out_root: Pat
         t0 = time.perf_counter()
         _, m = suppress_run(spec, sup, out_root / data, preserve=keep, epochs=epochs, attackers=attackers,
                             dataset=ds, progress=False, size=None if data == "fsdd" else size,
-                            batch_size=batch_size, lr=lr, mass_options=options)
+                            batch_size=batch_size, lr=lr, mass_options=options, seed=seed, data_seed=seed,
+                            budgets={a: v for a, v in (budgets or {}).items() if a in sup + keep})
         row = {"data": data, "seconds": time.perf_counter() - t0, "attributes": m["attributes"],
                "suppressed_max_gap_to_chance": m["suppressed_max_gap_to_chance"],
                "preserved_max_drop": m["preserved_max_drop"], "fidelity": m["fidelity"],
                "training_last_epoch": (m.get("training") or [{}])[-1]}
         rows.append(row)
-        print(f"## {data} (n={len(ds)}, shape={list(ds.schema.input_shape)}, epochs={epochs}, "
+        print(f"## {data} (n={len(ds)}, shape={list(ds.schema.input_shape)}, epochs={epochs}, seed={seed}, "
               f"{row['seconds']:.0f}s, options={options}, batch_size={batch_size}, lr={lr:g})", flush=True)
         for a, r in m["attributes"].items():
             print(f"  {a:12s} {r['role']:10s} chance {r['chance']:.3f}  original {r['original']:.3f}  "
@@ -144,10 +146,13 @@ def results(configs, size: int, epochs: int, attackers: list[str], out_root: Pat
         print(f"  gap_to_chance {m['suppressed_max_gap_to_chance']:+.3f}  preserved_drop "
               f"{m['preserved_max_drop'] if m['preserved_max_drop'] is None else round(m['preserved_max_drop'], 3)}  "
               f"fidelity {json.dumps({k: round(v, 4) for k, v in m['fidelity'].items()})}", flush=True)
+        b = m.get("budgets") or {}
+        print("  budgets (nats): " + "  ".join([f"m_{a} {v:.3f}" for a, v in b.get("m", {}).items()]
+                                              + [f"n_{a} {v:.3f}" for a, v in b.get("n", {}).items()]), flush=True)
         # the training adversaries' view at the last epoch (heldout_*: cross-fitted, on samples they never saw)
         last = row["training_last_epoch"]
         print("  training, last epoch: " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(last.items())
-                                                     if k.startswith(("acc_", "heldout_acc_", "ce_"))), flush=True)
+                                                     if k.startswith(("acc_", "heldout_acc_", "ce_", "refit_"))), flush=True)
     return rows
 
 
@@ -167,6 +172,10 @@ def main(argv=None) -> int:
                    help="--results: resize synthetic-faces to N x N (32: 4x cheaper than the native 64)")
     p.add_argument("--mass", action="append", default=[], metavar="KEY=VALUE",
                    help="--results: MaSS option overriding the per-dataset defaults, e.g. --mass lr=2e-3")
+    p.add_argument("--budget", action="append", default=[], metavar="ATTR=NATS",
+                   help="--results: a MaSS budget (m for a suppressed attribute, n for a kept one), e.g. glasses=0.5")
+    p.add_argument("--seed", type=int, default=0,
+                   help="--results: seed of the generated data (FSDD: of the subset), the evaluation split and MaSS")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     size = args.size or (300 if args.quick else 1200)
@@ -177,7 +186,8 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = results(configs, size, epochs, args.attackers.split(","), Path(tmp), Path(args.shared),
                           image_size=(args.image_size, args.image_size) if args.image_size else None,
-                          mass_overrides=parse_mass_options(args.mass))
+                          mass_overrides=parse_mass_options(args.mass), seed=args.seed,
+                          budgets={k: float(v) for k, v in parse_mass_options(args.budget).items()})
     else:
         out = throughput(args.data, size, epochs, args.batch_size, args.repeats)
         print(json.dumps(out, indent=2))

@@ -27,7 +27,7 @@ from privkit.errors import ConfigError
 from privkit.evaluate.metrics import accuracy_with_ci, majority_chance
 
 _ATTACKERS: dict[str, Callable[[Schema, int], nn.Module]] = {}
-_EPOCHS = {"linear": 40, "mlp": 40, "cnn": 15}
+ATTACKER_EPOCHS = {"linear": 40, "mlp": 40, "cnn": 15}
 
 
 def register_attacker(name: str):
@@ -106,19 +106,36 @@ def attack_split(dataset: AttributeDataset, attribute: str, seed: int = 0, test_
     return AttackSplit(np.asarray(s.train), np.asarray(s.test))
 
 
-def _train_attacker(kind: str, schema: Schema, x_tr, y_tr, epochs: int, seed: int) -> nn.Module:
+# the fresh attackers' recipe (Adam); MaSS's refitted adversaries train with it too
+ATTACKER_LR = {"linear": 3e-3, "mlp": 3e-3, "cnn": 2e-3}
+ATTACKER_WEIGHT_DECAY = {"linear": 1e-4}
+
+
+def fit_attacker(model: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, kind: str, epochs: int, seed: int,
+                 description: str | None = None) -> nn.Module:
+    """Train ``model`` (built, scaler fitted) on ``(x_tr, y_tr)`` with the fresh attackers' recipe.
+
+    Adam at ``ATTACKER_LR[kind]``, weight decay ``ATTACKER_WEIGHT_DECAY`` (linear only), ``epochs``
+    passes at batch 64 (32 under 256 samples), through the shared :func:`privkit.train.run_training`.
+    """
     from privkit.train import ClassifierConfig, ClassifierTask, LoopConfig, run_training
 
+    cfg = ClassifierConfig(lr=ATTACKER_LR[kind], weight_decay=ATTACKER_WEIGHT_DECAY.get(kind, 0.0))
+    data = torch.utils.data.TensorDataset(x_tr, torch.as_tensor(y_tr, dtype=torch.long))
+    task = ClassifierTask(model, 0, cfg)  # labels are 1-D here: the task takes them as they are
+    batch = 64 if len(data) >= 256 else 32
+    run_training(task, data, LoopConfig(epochs=int(epochs), batch_size=batch, seed=seed, progress=False,
+                                        description=description or f"{kind} attacker"))
+    return model
+
+
+def _train_attacker(kind: str, schema: Schema, x_tr, y_tr, epochs: int, seed: int) -> nn.Module:
     k = int(max(int(y_tr.max()) + 1, 2))
     torch.manual_seed(seed)
     model = _ATTACKERS[kind](schema, k)
     if isinstance(model, _Flat):
         model.fit_scaler(x_tr)
-    cfg = ClassifierConfig(lr=3e-3 if kind != "cnn" else 2e-3, weight_decay=1e-4 if kind == "linear" else 0.0)
-    data = torch.utils.data.TensorDataset(x_tr, y_tr)
-    task = ClassifierTask(model, 0, cfg)  # labels are 1-D here: the task takes them as they are
-    batch = 64 if len(data) >= 256 else 32
-    run_training(task, data, LoopConfig(epochs=epochs, batch_size=batch, seed=seed, progress=False, description=f"{kind} attacker"))
+    fit_attacker(model, x_tr, y_tr, kind, epochs, seed)
     model.eval()
     return model
 
@@ -154,7 +171,7 @@ def fresh_attackers(dataset: AttributeDataset, attributes: Sequence[str] | None 
     for k in kinds:
         if k not in _ATTACKERS:
             raise ConfigError(f"unknown attacker {k!r}; known attackers: {', '.join(_ATTACKERS)}")
-    epochs = {**_EPOCHS, **(epochs or {})}
+    epochs = {**ATTACKER_EPOCHS, **(epochs or {})}
     x_all, a_all = dataset.materialize()
     results = {}
     for attr in attributes:

@@ -314,7 +314,7 @@ def suppress_run(data_spec: str, attrs: Sequence[str], out: str | Path, *, prese
         fig = _EXAMPLES[schema.modality](x_orig, x_rel, schema) if schema.modality in _EXAMPLES else None
         summary = summarise(attributes)
         report = build_report(f"MaSS suppression of {', '.join(budgets_resolved['suppress'])} in {data_spec}",
-                              attributes, summary, fidelity, budgets_resolved, mass.history_, fig)
+                              attributes, summary, fidelity, mass.budgets_, mass.history_, fig)
         report.update_metrics({"split": {"train": int(len(split.train)), "test": int(len(split.test)),
                                          "closed_set": bool(schema.identity_attribute in roles
                                                             and roles.get(schema.identity_attribute) != "other")}})
