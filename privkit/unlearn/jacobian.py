@@ -66,6 +66,7 @@ per-sample Jacobian well defined and is the "BatchNorm statistics frozen" part o
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 
@@ -576,20 +577,23 @@ class _ActivationRecorder:
 
 
 def _output_gradients(recorder: _ActivationRecorder, logits: Tensor,
-                      outputs: list[Tensor]) -> list[Tensor | None]:
-    """:math:`\\partial f_c / \\partial y` for every recorded output y, stacked as ``(C, n, ...)``.
+                      outputs: list[Tensor], vectors: Tensor | None = None) -> list[Tensor | None]:
+    """:math:`\\partial (v_k^T f) / \\partial y` for every recorded output y, stacked as ``(K, n, ...)``.
 
-    Row i of the gradient with respect to a module output is sample i's alone (eval mode, so
-    the samples do not interact), so one backward per logit over the whole chunk gives every
-    sample's output gradient. The C backwards run as one vmapped (``is_grads_batched``)
-    backward when the graph's ops support it, else as a loop that retains the graph.
+    ``vectors`` (``(K, n, C)``, default the C unit vectors: :math:`\\partial f_c/\\partial y`)
+    holds one vector per slot k and sample. Row i of the gradient with respect to a module
+    output is sample i's alone (eval mode, so the samples do not interact), so one backward
+    per slot over the whole chunk gives every sample's output gradient. The K backwards run
+    as one vmapped (``is_grads_batched``) backward when the graph's ops support it, else as a
+    loop that retains the graph.
     """
     n, n_classes = logits.shape
-    if recorder.batched_backward:
-        one_hot = torch.eye(n_classes, dtype=logits.dtype,
+    if vectors is None:
+        vectors = torch.eye(n_classes, dtype=logits.dtype,
                             device=logits.device)[:, None, :].expand(-1, n, -1)
+    if recorder.batched_backward:
         try:
-            return list(torch.autograd.grad(logits, outputs, grad_outputs=one_hot,
+            return list(torch.autograd.grad(logits, outputs, grad_outputs=vectors,
                                             retain_graph=True, is_grads_batched=True,
                                             allow_unused=True))
         except RuntimeError as exc:
@@ -600,8 +604,9 @@ def _output_gradients(recorder: _ActivationRecorder, logits: Tensor,
                 raise
             recorder.batched_backward = False
     per_class = [
-        torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=True, allow_unused=True)
-        for c in range(n_classes)
+        torch.autograd.grad(logits, outputs, grad_outputs=vectors[k], retain_graph=True,
+                            allow_unused=True)
+        for k in range(vectors.shape[0])
     ]
     return [None if grads[0] is None else torch.stack(grads) for grads in zip(*per_class)]
 
@@ -612,15 +617,24 @@ def _hooks_jacobian_chunk(
     leaves: Mapping[str, Tensor],
     n: int,
     self_check: bool,
+    project: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One forward, C backwards to the module outputs, einsums: ``(J (n, C, P), logits)``."""
+    """One forward, C (or K) backwards to the module outputs, einsums: ``(J (n, C, P), logits)``.
+
+    With ``project`` the rows are :math:`V_iJ_i` (``(n, K, P)``) for the vectors
+    ``V = project(logits)`` of shape ``(n, K, C)``: K backwards instead of C.
+    """
     logits = recorder.forward(run)
     if logits.dim() != 2 or logits.shape[0] != n:
         raise ConfigError(
             f"model output has shape {tuple(logits.shape)} for {n} samples; "
             "NTK forgetting needs logits of shape (batch, classes)"
         )
-    n_classes = logits.shape[1]
+    vectors = None
+    if project is not None:
+        # (n, K, C) -> (K, n, C): slot-major, the layout of the batched backward
+        vectors = project(logits).transpose(0, 1)
+    n_classes = logits.shape[1] if vectors is None else vectors.shape[0]
     entries = [(module_name, captured, output)
                for module_name, calls in recorder.calls.items()
                for captured, output, _ in calls]
@@ -638,9 +652,11 @@ def _hooks_jacobian_chunk(
         sample_weights = torch.linspace(1.0, 2.0, n, dtype=logits.dtype, device=logits.device)
         class_weights = torch.linspace(1.0, 3.0, n_classes, dtype=logits.dtype, device=logits.device)
         weights = sample_weights[:, None] * class_weights[None, :]
-        check_grads = torch.autograd.grad(logits, list(leaves.values()), grad_outputs=weights,
+        # the same weighted sum of the rows, in logit space: sum_k w_ik v_ik
+        logit_weights = weights if vectors is None else torch.einsum("nk,knc->nc", weights, vectors)
+        check_grads = torch.autograd.grad(logits, list(leaves.values()), grad_outputs=logit_weights,
                                           retain_graph=True, allow_unused=True)
-    stacked = _output_gradients(recorder, logits, outputs) if outputs else []
+    stacked = _output_gradients(recorder, logits, outputs, vectors) if outputs else []
     per_param: dict[str, Tensor] = {}
     for (module_name, captured, output), grad_out in zip(entries, stacked):
         if grad_out is None:
@@ -682,6 +698,17 @@ def _hooks_jacobian_chunk(
     return jac, logits.detach()
 
 
+def _projection(project: Callable[[Tensor, int], Tensor], logits: Tensor, start: int) -> Tensor:
+    """``project(logits, start)`` checked to be ``(n, K, C)`` with K >= 1, in the logits' dtype."""
+    n, n_classes = logits.shape
+    vectors = project(logits.detach(), start)
+    if vectors.dim() != 3 or vectors.shape[0] != n or vectors.shape[2] != n_classes \
+            or vectors.shape[1] < 1:
+        raise ConfigError(f"project returned shape {tuple(vectors.shape)}; it must return "
+                          f"(samples, K >= 1, classes) = ({n}, K, {n_classes}) vectors")
+    return vectors.to(dtype=logits.dtype, device=logits.device)
+
+
 def _iter_vmap_chunks(
     model: nn.Module,
     x: Tensor,
@@ -689,8 +716,12 @@ def _iter_vmap_chunks(
     fixed: dict[str, Tensor],
     chunk_size: int,
     mode: str,
+    project: Callable[[Tensor, int], Tensor] | None = None,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """``vmap(jacrev)`` / ``vmap(jacfwd)`` chunks; ``mode`` is "auto", "rev" or "fwd"."""
+    """``vmap(jacrev)`` / ``vmap(jacfwd)`` chunks; ``mode`` is "auto", "rev" or "fwd".
+
+    ``project`` is applied to the full per-sample Jacobian (no saving, same result).
+    """
     n_params = _n_params(differentiated)
 
     def logits_of(point: dict[str, Tensor], sample: Tensor) -> tuple[Tensor, Tensor]:
@@ -719,6 +750,8 @@ def _iter_vmap_chunks(
             n, n_classes = logits.shape
             jac = torch.cat([per_param[name].reshape(n, n_classes, -1) for name in differentiated],
                             dim=2)
+            if project is not None:
+                jac = torch.einsum("nkc,ncp->nkp", _projection(project, logits, start), jac)
             yield start, jac, logits
 
 
@@ -729,6 +762,7 @@ def _iter_hooks_chunks(
     fixed: dict[str, Tensor],
     chunk_size: int,
     modules: dict,
+    project: Callable[[Tensor, int], Tensor] | None = None,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Hooks-mode chunks; the first chunk is self-checked and may raise ``_HooksUnsupported``."""
     leaves = {name: value.detach().requires_grad_(True) for name, value in differentiated.items()}
@@ -740,7 +774,9 @@ def _iter_hooks_chunks(
             with torch.enable_grad():
                 jac, logits = _hooks_jacobian_chunk(
                     recorder, lambda: functional_call(model, point, (chunk,)), leaves,
-                    chunk.shape[0], self_check=start == 0)
+                    chunk.shape[0], self_check=start == 0,
+                    project=None if project is None else functools.partial(_projection, project,
+                                                                             start=start))
             # drop this chunk's recorded outputs (and with them its graph) before the caller
             # works on J, so only one chunk's activations are ever alive
             recorder.calls = {}
@@ -754,6 +790,7 @@ def iter_jacobian_chunks(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     buffers: Mapping[str, Tensor] | None = None,
     mode: str = "auto",
+    project: Callable[[Tensor, int], Tensor] | None = None,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yield ``(start, J_chunk, logits_chunk)`` over chunks of ``chunk_size`` samples.
 
@@ -761,6 +798,13 @@ def iter_jacobian_chunks(
     the logits :math:`f(x_i; w)` at the same point (one forward pass serves both). Streaming
     lets the primal solver accumulate :math:`J^T J` without ever holding all of :math:`J`.
     ``mode`` is as in :func:`parameter_jacobian`.
+
+    ``project(logits, start)`` maps a chunk's logits ``(n, C)`` (``start``: the index of its
+    first sample in ``x``) to vectors ``V`` of shape ``(n, K, C)``; the
+    chunk's rows are then the vector-Jacobian products :math:`V_iJ_i` (``(n, K, P)``) instead of
+    :math:`J_i`. The hooks mode computes them with K backward passes instead of C, which is
+    what a caller that needs only a few directions per sample (a low-rank weighting
+    :math:`J^TWJ`) saves; the vmap modes form :math:`J_i` and multiply.
     """
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}; pass a positive integer")
@@ -771,7 +815,7 @@ def iter_jacobian_chunks(
         modules, reason = _hooked_modules(model, list(differentiated))
         if reason is None:
             hooks_chunks = _iter_hooks_chunks(model, x, differentiated, fixed, chunk_size,
-                                              modules)
+                                              modules, project)
             try:
                 first = next(hooks_chunks, None)
             except _HooksUnsupported as exc:
@@ -784,7 +828,7 @@ def iter_jacobian_chunks(
         if mode == "hooks":
             raise ConfigError(f"mode='hooks' cannot compute this Jacobian: {reason}; "
                               "use mode='auto' (falls back to vmap) or mode='rev'")
-    yield from _iter_vmap_chunks(model, x, differentiated, fixed, chunk_size, mode)
+    yield from _iter_vmap_chunks(model, x, differentiated, fixed, chunk_size, mode, project)
 
 
 def parameter_jacobian(

@@ -119,11 +119,12 @@ class PendingStateCommit:
     model: nn.Module
     forget_x: torch.Tensor
     forget_y: torch.Tensor
+    rank_tol: float = 0.0  # the request's ggn_rank_tol, so the state loses the same rows
 
     def commit(self) -> tuple[Any, float]:
-        """Downdate the state in place; returns ``(state, seconds)``."""
+        """Downdate the state in place (with the request's ``rank_tol``); returns ``(state, seconds)``."""
         t_start = time.perf_counter()
-        self.state.forget(self.model, self.forget_x, self.forget_y, commit=True)
+        self.state.forget(self.model, self.forget_x, self.forget_y, commit=True, rank_tol=self.rank_tol)
         return self.state, time.perf_counter() - t_start
 
 
@@ -142,8 +143,11 @@ class _NTKBase:
 
     def __init__(self, scale: float | str = 1.0, weight_decay: float | None = None, solver: str = "auto",
                  chunk_size: int = DEFAULT_NTK_CHUNK_SIZE, loss: str = NTK_STATE_LOSS, linearise: str = "auto",
-                 kept_state: str = "auto", weighting: str = "auto"):
+                 kept_state: str = "auto", weighting: str = "auto", ggn_rank_tol: float | None = None):
+        from privkit.unlearn.ntk import DEFAULT_GGN_RANK_TOL
+
         self.scale = scale
+        self.ggn_rank_tol = DEFAULT_GGN_RANK_TOL if ggn_rank_tol is None else ggn_rank_tol
         self.linearise = linearise
         self.weighting = weighting
         self.weight_decay = weight_decay
@@ -155,6 +159,12 @@ class _NTKBase:
     def _kind(self, model: nn.Module, context: UnlearnContext) -> str:
         return "all"
 
+    def _check_rank_tol(self) -> None:
+        if isinstance(self.ggn_rank_tol, bool) or not isinstance(self.ggn_rank_tol, (int, float)) \
+                or not 0 <= self.ggn_rank_tol < 1:
+            raise ConfigError(f"ggn_rank_tol must be a number in [0, 1), got {self.ggn_rank_tol!r}; "
+                              f"0 keeps every Gauss-Newton direction")
+
     def _weight_decay(self, context: UnlearnContext) -> float:
         return float(self.weight_decay) if self.weight_decay is not None else context.recipe.ntk_weight_decay
 
@@ -162,6 +172,7 @@ class _NTKBase:
         """Refuse, before anything runs, a model this method cannot handle or a broken kept state."""
         from privkit.unlearn.jacobian import select_parameters
 
+        self._check_rank_tol()
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
         self._kept_state(selected, kind, context)  # ArtifactError for a state that does not belong to the model
@@ -266,6 +277,7 @@ class _NTKBase:
         context.ntk_state_out = None
         if not (isinstance(self.scale, (int, float)) or self.scale == "trapezium"):
             raise ConfigError(f"scale must be a number or 'trapezium', got {self.scale!r}")
+        self._check_rank_tol()
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
         w0, linearise_at, point = self._w0(model, selected, retain, context)
@@ -280,12 +292,12 @@ class _NTKBase:
             # Woodbury downdates, which this request does not need
             t_loaded = time.perf_counter()
             updated, info = state.forget(copy_model(model), forget_x, forget_y, scale=self.scale, method="auto",
-                                         commit=False, inplace=True)
+                                         commit=False, inplace=True, rank_tol=self.ggn_rank_tol)
             per_request = dict(info["timings"]["per_request"])
             per_request["load_state"] = t_loaded - t_start
             info["timings"] = per_request
             one_off = float(context.model_meta["ntk_state_fit_seconds"])
-            context.ntk_state_out = PendingStateCommit(state, model, forget_x, forget_y)
+            context.ntk_state_out = PendingStateCommit(state, model, forget_x, forget_y, self.ggn_rank_tol)
         else:
             retain_x, retain_y = _x_y(retain, t)
             updated, info = ntk_unlearn(copy_model(model), w0, retain_x, retain_y, forget_x, forget_y, params=kind,
@@ -332,6 +344,13 @@ class NTKUnlearner(_NTKBase):
     kept_state : {"auto", "off"}
         ``auto`` serves the request from the run folder's kept NTK state when it matches (module
         docstring), else one-shot; ``off`` always runs one-shot.
+    ggn_rank_tol : float, optional
+        Kept-state requests with the Gauss-Newton weighting compute, per forget sample, only the
+        eigen-directions of :math:`W_i = \\mathrm{diag}(p_i) - p_ip_i^T` that matter (one
+        vector-Jacobian product each, instead of C), dropping small eigenvalues as long as the
+        retain-set step changes by at most this fraction (a proven bound,
+        :meth:`~privkit.unlearn.ntk.NTKState.forget`). Default
+        :data:`~privkit.unlearn.ntk.DEFAULT_GGN_RANK_TOL` (``1e-6``); ``0`` keeps every direction.
     """
 
     def _weighting_mode(self, context: UnlearnContext) -> str:

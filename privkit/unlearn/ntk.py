@@ -93,6 +93,9 @@ __all__ = [
     "WEIGHTINGS",
     "register_weighting",
     "weighted_rows",
+    "WEIGHTING_FACTORS",
+    "register_weighting_factor",
+    "DEFAULT_GGN_RANK_TOL",
     "ridge_delta_primal",
     "ridge_delta_dual",
     "choose_solver",
@@ -108,6 +111,9 @@ __all__ = [
 ]
 
 SOLVE_DTYPE = torch.float64
+#: Default ``rank_tol`` of :meth:`NTKState.forget`: the bound on the relative change of the
+#: retain-set step :math:`\\delta_r` from dropping small Gauss-Newton directions (see there).
+DEFAULT_GGN_RANK_TOL = 1e-6
 _GIB = 1024.0**3
 
 # --------------------------------------------------------------------------------------------
@@ -222,6 +228,59 @@ def weighted_rows(jac: Tensor, logits: Tensor, loss: str = "ce", weighting: str 
     except KeyError:
         raise ConfigError(f"unknown NTK weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}") from None
     return fn(jac.to(SOLVE_DTYPE), logits.to(SOLVE_DTYPE), loss)
+
+
+# The same rows without forming J: M_i^T J_i are K vector-Jacobian products per sample, so a
+# weighting of low rank needs fewer backward passes (jacobian.iter_jacobian_chunks(project=...)).
+
+FactorFn = Callable[[Tensor, str, Tensor], Tensor]
+WEIGHTING_FACTORS: dict[str, FactorFn] = {}
+
+
+def register_weighting_factor(name: str) -> Callable[[FactorFn], FactorFn]:
+    """Register ``fn(logits (n, C) float64, loss, drop_budget (n,)) -> V (n, K, C)`` for ``name``.
+
+    ``V_i`` has rows :math:`v_{ik}` with :math:`\\sum_k v_{ik}v_{ik}^T = W_i` up to directions
+    whose eigenvalues of :math:`W_i` sum to at most ``drop_budget[i]``; zero rows pad samples
+    that keep fewer than K directions.
+    """
+
+    def decorate(fn: FactorFn) -> FactorFn:
+        WEIGHTING_FACTORS[name] = fn
+        return fn
+
+    return decorate
+
+
+@register_weighting_factor("identity")
+def _identity_factor(logits: Tensor, loss: str, drop_budget: Tensor) -> Tensor:
+    """:math:`V_i = I_C`: every logit's row (nothing to drop: W = I has no small eigenvalues)."""
+    n, n_classes = logits.shape
+    return torch.eye(n_classes, dtype=logits.dtype).expand(n, n_classes, n_classes)
+
+
+@register_weighting_factor("ggn")
+def _gauss_newton_factor(logits: Tensor, loss: str, drop_budget: Tensor) -> Tensor:
+    """:math:`V_i = \\Lambda_i^{1/2}U_i^T` of :math:`W_i = U_i\\Lambda_iU_i^T = \\mathrm{diag}(p_i) - p_ip_i^T`.
+
+    :math:`W_i` is PSD of rank at most :math:`C-1` (its null vector is :math:`\\mathbf 1`).
+    Eigenvalues are dropped from the smallest up while their sum stays within
+    ``drop_budget[i]`` (a budget of 0 keeps every positive one); the rest are kept, largest
+    first. The rows :math:`V_iJ_i` then satisfy
+    :math:`J_i^TW_iJ_i - (V_iJ_i)^T(V_iJ_i) = \\sum_{dropped} \\lambda_k J_i^Tu_ku_k^TJ_i`,
+    whose norm is at most :math:`\\lVert J_i\\rVert_2^2` times the dropped sum.
+    """
+    if loss == "mse":
+        return _identity_factor(logits, loss, drop_budget)
+    prob = torch.softmax(logits, dim=1)
+    weight = torch.diag_embed(prob) - prob.unsqueeze(2) * prob.unsqueeze(1)
+    eigvals, eigvecs = torch.linalg.eigh(weight)                    # ascending
+    eigvals = eigvals.clamp(min=0.0)                                # PSD; round-off can go below 0
+    dropped = torch.cumsum(eigvals, dim=1) <= drop_budget.unsqueeze(1)
+    scale = torch.where(dropped, torch.zeros_like(eigvals), eigvals.sqrt())
+    factor = (scale.unsqueeze(2) * eigvecs.transpose(1, 2)).flip(1)  # largest first
+    n_kept = max(int((~dropped).sum(dim=1).max()), 1)
+    return factor[:, :n_kept]
 
 
 # --------------------------------------------------------------------------------------------
@@ -601,9 +660,13 @@ def _count_classes(model: nn.Module, point: Mapping[str, Tensor], x: Tensor) -> 
 
 
 def _normal_equations(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
-                      loss: str, chunk_size: int, mode: str, weighting: str = "identity"
-                      ) -> tuple[Tensor, Tensor]:
-    """Stream :math:`J^TWJ` and :math:`J^Tr` over chunks (float64) without storing :math:`J`."""
+                      loss: str, chunk_size: int, mode: str, weighting: str = "identity",
+                      norm_bound: dict | None = None) -> tuple[Tensor, Tensor]:
+    """Stream :math:`J^TWJ` and :math:`J^Tr` over chunks (float64) without storing :math:`J`.
+
+    With ``norm_bound`` (a dict) also record ``norm_bound["value"]`` :math:`=\\max_i\\lVert
+    J_i\\rVert_2^2`, the largest squared spectral norm of a sample's (C, P) Jacobian.
+    """
     n_params = sum(p.numel() for p in point.values())
     gram = torch.zeros(n_params, n_params, dtype=SOLVE_DTYPE)
     jtr = torch.zeros(n_params, dtype=SOLVE_DTYPE)
@@ -613,19 +676,46 @@ def _normal_equations(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, 
         gram_rows = rows if weighting == "identity" else weighted_rows(jac, logits, loss, weighting)
         gram.addmm_(gram_rows.T, gram_rows)
         jtr.addmv_(rows.T, res)
+        if norm_bound is not None:
+            jac64 = jac.to(SOLVE_DTYPE)
+            # ||J_i||_2^2 = largest eigenvalue of the C x C matrix J_i J_i^T
+            top = torch.linalg.eigvalsh(torch.einsum("ncp,ndp->ncd", jac64, jac64))[:, -1]
+            norm_bound["value"] = max(norm_bound.get("value", 0.0), float(top.max()))
     return gram, jtr
 
 
 def _forget_terms(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
-                  loss: str, chunk_size: int, mode: str, weighting: str) -> tuple[Tensor, Tensor, int]:
-    """The forget set's Gram rows :math:`M^TJ_f` (m, P), :math:`J_f^Tr_f` (P,) and C."""
-    gram_rows, jtr, n_classes = [], None, 0
-    for start, jac, logits in iter_jacobian_chunks(model, x, point, chunk_size, mode=mode):
-        n_classes = jac.shape[1]
-        rows = jac.reshape(-1, jac.shape[-1]).to(SOLVE_DTYPE)
-        res = residual(logits, y[start:start + logits.shape[0]], loss).reshape(-1)
-        gram_rows.append(weighted_rows(jac, logits, loss, weighting))
-        jtr = rows.T @ res if jtr is None else jtr + rows.T @ res
+                  loss: str, chunk_size: int, mode: str, weighting: str, drop_budget: float = 0.0
+                  ) -> tuple[Tensor, Tensor, int]:
+    """The forget set's Gram rows :math:`M^TJ_f` (m, P), :math:`J_f^Tr_f` (P,) and C.
+
+    Computed as vector-Jacobian products (:data:`WEIGHTING_FACTORS`): per sample the K kept
+    directions of :math:`W_i` plus the residual :math:`r_i` as one more slot, so a weighting of
+    rank K costs K + 1 backward passes instead of C. ``drop_budget`` is the per-sample sum of
+    eigenvalues of :math:`W_i` that may be dropped (0: exact). All-zero rows (padding) are left out.
+    """
+    try:
+        factor_fn = WEIGHTING_FACTORS[weighting]
+    except KeyError:
+        raise ConfigError(f"unknown NTK weighting {weighting!r}; choose one of {sorted(WEIGHTING_FACTORS)}") from None
+    n_classes = 0
+
+    def project(logits: Tensor, start: int) -> Tensor:
+        nonlocal n_classes
+        n_classes = logits.shape[1]
+        logits64 = logits.to(SOLVE_DTYPE)
+        budget = torch.full((logits.shape[0],), float(drop_budget), dtype=SOLVE_DTYPE)
+        directions = factor_fn(logits64, loss, budget)
+        res = residual(logits64, y[start:start + logits.shape[0]], loss)
+        return torch.cat([directions, res.unsqueeze(1)], dim=1)
+
+    gram_rows, jtr = [], None
+    for _, rows, _ in iter_jacobian_chunks(model, x, point, chunk_size, mode=mode, project=project):
+        rows = rows.to(SOLVE_DTYPE)
+        chunk_jtr = rows[:, -1].sum(dim=0)                      # sum_i r_i^T J_i
+        weighted = rows[:, :-1].reshape(-1, rows.shape[-1])
+        gram_rows.append(weighted[weighted.abs().amax(dim=1) > 0])
+        jtr = chunk_jtr if jtr is None else jtr + chunk_jtr
     assert jtr is not None  # callers refuse empty forget sets
     return torch.cat(gram_rows), jtr, n_classes
 
@@ -890,7 +980,10 @@ class NTKState:
         \\quad (O(mP^2 + m^3),\\ m = |D_f|\\,C),
 
     or by a Cholesky factorisation of the downdated :math:`A_r` (:math:`O(P^3)`, used when
-    :math:`m` is not small next to :math:`P`). The update is
+    :math:`m` is not small next to :math:`P`). Before either, ``method="auto"`` runs preconditioned
+    conjugate gradients with :math:`B^{-1}` as the preconditioner (:meth:`_solve_cg`,
+    :math:`O(P^2 + mP)` per iteration, no :math:`m\\times P\\times P` product), for at most half the
+    flops of the direct solve, and falls back to it when CG has not converged by then. The update is
     :math:`w \\leftarrow w + s(\\delta_r - \\delta_D)`. With ``commit=True`` the state becomes the
     state of :math:`D_r`, so requests can follow one another; rows removed since the last
     factorisation are kept and folded into :math:`U`, and the factor is refreshed once they
@@ -926,9 +1019,22 @@ class NTKState:
         Current and original :math:`|D|`, and :math:`C`.
     one_off_seconds_ : dict
         ``jacobian``, ``factor`` and ``total`` seconds of ``fit``.
+    jacobian_sq_norm_ : float or None
+        :math:`c = \\max_{i\\in D}\\lVert J_i\\rVert_2^2` at the linearisation point, recorded by ``fit``;
+        bounds what ``forget(rank_tol=...)`` may drop (``None`` for states saved without it).
     """
 
     FORMAT = "privkit.ntk_state/2"
+    #: Relative preconditioned residual at which :meth:`_solve_cg` stops (float64 solves).
+    CG_TOL = 1e-13
+    #: ``auto`` tries CG only when half the direct solve's cost buys this many iterations (the
+    #: benchmark requests needed 17-19; fewer allowed would mostly waste them before the fallback).
+    CG_MIN_ITERATIONS = 30
+    #: A P x P float64 factor larger than this is streamed from memory by every CG iteration;
+    #: its flops then count ``CG_MEMORY_PENALTY`` times (measured: at P = 2920 19 iterations took as
+    #: long as a Woodbury downdate with 8x their flops; at P = 970, in cache, 3x less than Cholesky).
+    CG_CACHE_BYTES = 16 * 2**20
+    CG_MEMORY_PENALTY = 8.0
     #: Formats :meth:`load` reads (version 1: linearised at w0, identity weighting).
     _READABLE_FORMATS = ("privkit.ntk_state/1", FORMAT)
     _METADATA_KEY = "privkit_ntk_state"
@@ -968,9 +1074,11 @@ class NTKState:
         check_memory(x.shape[0], n_classes, n_params, "state", self.chunk_size, dtype,
                      self.max_memory_bytes, _fewer_params(model, self.params),
                      activation_footprint(model, point, x))
+        norm_bound: dict = {}
         gram, jtr = _normal_equations(model, point, x, y, self.loss, self.chunk_size,
-                                      self.jacobian_mode, self.weighting)
+                                      self.jacobian_mode, self.weighting, norm_bound)
         t_factor = time.perf_counter()
+        self.jacobian_sq_norm_ = norm_bound.get("value")
         self.param_names_ = list(point)
         self.param_shapes_ = [list(p.shape) for p in point.values()]
         self.w0_ = flatten_parameters(anchor, SOLVE_DTYPE)
@@ -1019,11 +1127,84 @@ class NTKState:
 
     # ---- per request -----------------------------------------------------------------------
 
+    def _solve_cg(self, rhs: Tensor, lam: float, removed: Tensor, max_iter: int) -> tuple[Tensor | None, int]:
+        """Preconditioned conjugate gradients for :math:`A_r z = \\mathrm{rhs}`; ``(z or None, iterations)``.
+
+        The preconditioner is the kept factor itself, :math:`B^{-1} = Q(\\Lambda + \\lambda)^{-1}Q^T`,
+        and the iteration runs in the eigen-coordinates :math:`\\hat z = Q^Tz`, where
+        :math:`B` is the diagonal :math:`\\Lambda + \\lambda` and
+        :math:`\\hat A = (\\Lambda + \\lambda) - Q^TU^TUQ`: one product costs
+        :math:`4P^2 + 4mP` flops, against :math:`2mP^2` to form :math:`UQ` for Woodbury. The
+        preconditioned matrix is :math:`I - (UB^{-1/2})^T(UB^{-1/2})`, whose eigenvalues are 1
+        except for at most m of them in (0, 1]; forget rows that are small next to the rest of
+        the data keep them away from 0, and CG then converges in a few dozen iterations (condition
+        numbers 3 to 12 on the Fast-NTK benchmark requests). Stops when the preconditioned
+        residual :math:`\\lVert r\\rVert_{B^{-1}}` is below ``CG_TOL`` times
+        :math:`\\lVert \\mathrm{rhs}\\rVert_{B^{-1}}`; returns ``None`` when ``max_iter`` is reached
+        first (the caller then solves directly).
+        """
+        diag = self.eigvals_ + lam
+        basis = self.eigvecs_
+
+        def apply(v: Tensor) -> Tensor:
+            return diag * v - basis.T @ (removed.T @ (removed @ (basis @ v)))
+
+        target = basis.T @ rhs
+        solution = target / diag                                     # B^-1 rhs: the Woodbury start
+        # B solution = target, so the residual is only the downdate's part
+        res = basis.T @ (removed.T @ (removed @ (basis @ solution)))
+        pre = res / diag
+        direction = pre.clone()
+        res_pre = float(res @ pre)
+        stop = (self.CG_TOL ** 2) * float(target @ (target / diag))
+        for iteration in range(max_iter + 1):
+            if res_pre <= stop:
+                return basis @ solution, iteration
+            if iteration == max_iter:
+                break
+            applied = apply(direction)
+            curvature = float(direction @ applied)
+            if not curvature > 0:
+                break  # A_r lost positive definiteness to round-off: solve directly
+            step = res_pre / curvature
+            solution.add_(direction, alpha=step)
+            res.sub_(applied, alpha=step)
+            pre = res / diag
+            res_pre, previous = float(res @ pre), res_pre
+            direction = pre + (res_pre / previous) * direction
+        return None, max_iter
+
     def _solve(self, rhs: Tensor, lam: float, removed: Tensor, method: str) -> tuple[Tensor, str]:
-        """Solve :math:`(Q\\Lambda Q^T - U^TU + \\lambda I) z = \\mathrm{rhs}` with U = ``removed``."""
+        """Solve :math:`(Q\\Lambda Q^T - U^TU + \\lambda I) z = \\mathrm{rhs}` with U = ``removed``.
+
+        ``auto`` tries preconditioned CG (:meth:`_solve_cg`) for at most half the cost of the
+        direct solve it would otherwise pick (Woodbury when :math:`3m < P`, else Cholesky of the
+        downdated system), when that buys at least ``CG_MIN_ITERATIONS``, then falls back to that
+        direct solve; ``cg`` always tries it first.
+        """
         n_params = rhs.shape[0]
-        if method == "auto":
-            method = "woodbury" if 3 * removed.shape[0] < n_params else "cholesky"
+        n_rows = removed.shape[0]
+        direct = "woodbury" if 3 * n_rows < n_params else "cholesky"
+        if method in ("auto", "cg") and n_rows > 0:
+            direct_flops = 2.0 * n_rows * n_params ** 2 + (2.0 * n_rows ** 2 * n_params + n_rows ** 3 / 3
+                                                           if direct == "woodbury" else n_params ** 3 / 3)
+            iteration_flops = 4.0 * n_params ** 2 + 4.0 * n_rows * n_params
+            if 8 * n_params ** 2 > self.CG_CACHE_BYTES:
+                # matrix-vector products stream the P x P factor from memory: far slower per flop
+                # than the direct solve's matrix-matrix products
+                iteration_flops *= self.CG_MEMORY_PENALTY
+            budget = int(0.5 * direct_flops / iteration_flops)
+            if budget >= self.CG_MIN_ITERATIONS or method == "cg":
+                # in exact arithmetic CG ends within m + 1 iterations: I - (UB^-1/2)^T (UB^-1/2) has at
+                # most m + 1 distinct eigenvalues; an explicit "cg" gets that many (plus slack for round-off)
+                limit = n_rows + 10 if method == "cg" else min(budget, n_rows + 10)
+                solution, iterations = self._solve_cg(rhs, lam, removed, limit)
+                self.last_cg_iterations_ = iterations
+                if solution is not None:
+                    return solution, "cg"
+            method = direct
+        if method in ("auto", "cg"):
+            method = direct
         if method == "cholesky":
             # gram_ is Q Lambda Q^T - (rows already committed); subtract only uncommitted rows.
             pending = removed[self.removed_jacobian_.shape[0]:]
@@ -1031,7 +1212,7 @@ class NTKState:
             system.addmm_(pending.T, pending, alpha=-1.0)
             return _spd_solve(system, rhs), "cholesky"
         if method != "woodbury":
-            raise ConfigError(f"unknown downdate method {method!r}; choose 'auto', 'woodbury' "
+            raise ConfigError(f"unknown downdate method {method!r}; choose 'auto', 'cg', 'woodbury' "
                               "or 'cholesky'")
         inv_diag = 1.0 / (self.eigvals_ + lam)
         basis = self.eigvecs_
@@ -1093,7 +1274,8 @@ class NTKState:
             self.n_requests_ += 1
             if 3 * removed.shape[0] >= removed.shape[1]:
                 refactor_seconds = self.refactor()
-        info = {"downdate": used, "solve": t_solve - t_start, "commit": time.perf_counter() -
+        info = {"downdate": used, "cg_iterations": getattr(self, "last_cg_iterations_", None) if used == "cg" else None,
+                "solve": t_solve - t_start, "commit": time.perf_counter() -
                 t_solve - refactor_seconds, "refactor": refactor_seconds,
                 "rows_removed_since_factor": int(removed.shape[0]),
                 "lambda_full": self._lambda(n_retain + n_forget), "lambda_retain": lam_retain}
@@ -1101,8 +1283,32 @@ class NTKState:
 
     def forget(self, model: nn.Module, forget_x: Tensor, forget_y: Tensor,
                scale: float | str = 1.0, method: str = "auto", commit: bool = True,
-               inplace: bool = False) -> tuple[nn.Module, dict]:
+               inplace: bool = False, rank_tol: float = DEFAULT_GGN_RANK_TOL) -> tuple[nn.Module, dict]:
         """Serve one deletion request: Jacobians of ``forget_x`` at ``point_``, downdate, update.
+
+        With ``weighting="ggn"`` the forget rows are :math:`\\Lambda_i^{1/2}U_i^TJ_i` for the
+        eigen-directions of :math:`W_i = \\mathrm{diag}(p_i) - p_ip_i^T` that matter, each one a
+        vector-Jacobian product (:func:`_forget_terms`): :math:`W_i` has rank at most C - 1 and
+        directions with small eigenvalues add almost nothing to the downdate. ``rank_tol``
+        bounds what dropping them may change. Dropped directions leave a PSD remainder
+        :math:`E` in the downdated system, :math:`A_r' = A_r + E`, and
+        :math:`\\delta_r - \\delta_r' = A_r^{-1}E\\,\\delta_r'` with :math:`A_r \\succeq \\lambda_r I`, so
+
+        .. math::
+
+            \\lVert \\delta_r - \\delta_r' \\rVert \\le \\frac{\\lVert E\\rVert}{\\lambda_r}\\lVert\\delta_r'\\rVert
+            \\le \\mathrm{rank\\_tol}\\,\\lVert\\delta_r'\\rVert
+            \\quad\\text{when}\\quad \\lVert E\\rVert \\le \\sum_{i\\in D_f}\\lVert J_i\\rVert_2^2
+            \\sum_{k\\,\\mathrm{dropped}}\\lambda_{ik} \\le \\mathrm{rank\\_tol}\\,\\lambda_r .
+
+        Each forget sample may therefore drop eigenvalues summing to
+        :math:`\\mathrm{rank\\_tol}\\,\\lambda_r / (|D_f|\\,c)` with
+        :math:`c = \\max_{i\\in D}\\lVert J_i\\rVert_2^2` recorded by :meth:`fit` (the forget samples
+        are in D and the Jacobians are taken at the same point). ``rank_tol=0`` (or a state
+        saved without :math:`c`) keeps every direction with a positive eigenvalue, the exact
+        downdate. ``info["update_change_bound"]`` is the resulting a-posteriori bound on the
+        relative change of the applied update, :math:`\\mathrm{rank\\_tol}\\lVert\\delta_r'\\rVert /
+        \\lVert\\delta_r' - \\delta_D\\rVert`.
 
         Returns the updated model (a copy unless ``inplace``) and an info dict whose
         ``per_request`` timings (``jacobian``, ``solve``, ``total``) are separate from the
@@ -1115,6 +1321,9 @@ class NTKState:
                               f"{forget_y.shape[0]} labels; pass one label per input")
         if forget_x.shape[0] == 0:
             raise ConfigError("the forget set is empty; select at least one sample to forget")
+        if not (isinstance(rank_tol, (int, float)) and 0 <= rank_tol < 1):
+            raise ConfigError(f"rank_tol must be a number in [0, 1), got {rank_tol!r}; 1e-6 keeps the "
+                              "retain step within 1e-6 of the exact downdate")
         live = dict(model.named_parameters())
         missing = [n for n in self.param_names_ if n not in live]
         if missing or any(list(live[n].shape) != s
@@ -1126,8 +1335,14 @@ class NTKState:
         selected = {n: live[n] for n in self.param_names_}
         point = {n: t.to(selected[n].dtype) for n, t in
                  unflatten_parameters(self.point_, selected).items()}
+        n_forget = int(forget_x.shape[0])
+        sq_norm = getattr(self, "jacobian_sq_norm_", None)
+        drop_budget = 0.0
+        if rank_tol > 0 and sq_norm and n_forget < self.n_samples_:
+            drop_budget = rank_tol * self._lambda(self.n_samples_ - n_forget) / (n_forget * sq_norm)
         gram_rows, jtr_f, n_classes = _forget_terms(model, point, forget_x, forget_y, self.loss,
-                                                    self.chunk_size, self.jacobian_mode, self.weighting)
+                                                    self.chunk_size, self.jacobian_mode, self.weighting,
+                                                    drop_budget)
         if n_classes != self.n_classes_:
             raise ArtifactError(f"model has {n_classes} classes but "
                                 f"the NTK state has {self.n_classes_}; rebuild the state")
@@ -1143,7 +1358,7 @@ class NTKState:
         t_end = time.perf_counter()
         info = {
             "method": "ntk" if self.params == "all" else "fast-ntk",
-            "solver": "state", "downdate": solve_info["downdate"],
+            "solver": "state", "downdate": solve_info["downdate"], "cg_iterations": solve_info["cg_iterations"],
             "P": int(self.w0_.numel()), "N_forget": int(forget_x.shape[0]),
             "N_retain": self.n_samples_ if commit else self.n_samples_ - forget_x.shape[0],
             "C": self.n_classes_, "lambda_retain": solve_info["lambda_retain"],
@@ -1151,6 +1366,12 @@ class NTKState:
             "linearised_at": "w0" if torch.equal(self.point_, self.w0_) else "given point",
             "scale": step, "delta_norm": float(torch.linalg.vector_norm(delta)),
             "delta": applied,
+            "rows": int(gram_rows.shape[0]), "rows_full": n_forget * self.n_classes_,
+            "rank_tol": float(rank_tol) if drop_budget > 0 else 0.0,
+            "update_change_bound": (float(rank_tol * torch.linalg.vector_norm(delta_retain)
+                                          / torch.linalg.vector_norm(delta))
+                                    if drop_budget > 0 and float(torch.linalg.vector_norm(delta)) > 0
+                                    else 0.0),
             "timings": {
                 "one_off": dict(self.one_off_seconds_),
                 "per_request": {"jacobian": t_solve - t_start, "solve": solve_info["solve"],
@@ -1177,6 +1398,7 @@ class NTKState:
             "n_samples": self.n_samples_, "n_fit_samples": self.n_fit_samples_,
             "n_classes": self.n_classes_, "n_requests": self.n_requests_,
             "one_off_seconds": self.one_off_seconds_,
+            "jacobian_sq_norm": getattr(self, "jacobian_sq_norm_", None),
         }
         tensors = {"w0": self.w0_, "point": self.point_, "gram": self.gram_, "jtr": self.jtr_,
                    "eigvals": self.eigvals_, "eigvecs": self.eigvecs_,
@@ -1191,19 +1413,30 @@ class NTKState:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> NTKState:
-        """Read a state written by :meth:`save` (safetensors + JSON metadata; no pickle)."""
+    def load(cls, path: str | os.PathLike, raw: bytes | None = None) -> NTKState:
+        """Read a state written by :meth:`save` (safetensors + JSON metadata; no pickle).
+
+        ``raw``: the file's bytes when the caller has read them already (to check a checksum),
+        so a deletion request reads the state once.
+        """
         from safetensors import SafetensorError
+        from safetensors.torch import load as load_bytes
         from safetensors.torch import safe_open
 
         path = Path(path)
-        if not path.is_file():
+        if raw is None and not path.is_file():
             raise ArtifactError(f"NTK state {path} does not exist; run the NTK fit step first")
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                raw_meta = (handle.metadata() or {}).get(cls._METADATA_KEY)
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
+            if raw is not None:
+                # safetensors layout: 8-byte little-endian header length, JSON header, data
+                header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")].decode("utf-8"))
+                raw_meta = (header.get("__metadata__") or {}).get(cls._METADATA_KEY)
+                tensors = load_bytes(raw)
+            else:
+                with safe_open(str(path), framework="pt") as handle:
+                    raw_meta = (handle.metadata() or {}).get(cls._METADATA_KEY)
+                    tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError, AttributeError) as exc:
             raise ArtifactError(f"NTK state {path} is not a readable safetensors file ({exc}); "
                                 "rebuild it with NTKState.fit") from exc
         try:
@@ -1240,4 +1473,7 @@ class NTKState:
         state.n_classes_ = int(meta["n_classes"])
         state.n_requests_ = int(meta["n_requests"])
         state.one_off_seconds_ = dict(meta["one_off_seconds"])
+        # absent in states saved before it was recorded: their requests keep every direction
+        bound = meta.get("jacobian_sq_norm")
+        state.jacobian_sq_norm_ = float(bound) if isinstance(bound, (int, float)) and bound > 0 else None
         return state

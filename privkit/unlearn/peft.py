@@ -231,13 +231,14 @@ def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None 
                             f"the artifact was modified, re-create it")
     path = Path(folder) / name
     verify_safetensors_file(path)
-    if hashlib.sha256(path.read_bytes()).hexdigest() != meta["ntk_state_sha256"]:
+    raw = path.read_bytes()  # read once: the checksum and the tensors come from the same bytes
+    if hashlib.sha256(raw).hexdigest() != meta["ntk_state_sha256"]:
         raise ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is "
                             f"corrupt (delete ntk_state_* from meta.json to fall back to one-shot fast-ntk)")
     if data_fingerprint is not None and meta.get("ntk_state_data_fingerprint") != data_fingerprint:
         raise ArtifactError(f"{path} was fitted on other samples than the training data of this model; use the "
                             f"same --data and --size as `privkit train`, or re-create the run")
-    return NTKState.load(path)
+    return NTKState.load(path, raw=raw)
 
 
 def _ntk_state_memory_problem(model: nn.Module, names: list[str], n_samples: int, n_classes: int,

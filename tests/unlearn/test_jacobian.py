@@ -182,9 +182,9 @@ def vmap_calls(monkeypatch) -> list[str]:
     calls: list[str] = []
     original = jacobian_module._iter_vmap_chunks
 
-    def spy(model, x, differentiated, fixed, chunk_size, mode):
+    def spy(model, x, differentiated, fixed, chunk_size, mode, project=None):
         calls.append(mode)
-        yield from original(model, x, differentiated, fixed, chunk_size, mode)
+        yield from original(model, x, differentiated, fixed, chunk_size, mode, project)
 
     monkeypatch.setattr(jacobian_module, "_iter_vmap_chunks", spy)
     return calls
