@@ -24,8 +24,15 @@ def qnn(task: str = typer.Option("cos", "--task", help="cos | digits2 | digits6 
         restarts: int = typer.Option(10, "--restarts"), iterations: Optional[int] = typer.Option(None, "--iterations"),
         seed: int = typer.Option(0, "--seed"),
         learning_rate: Optional[float] = typer.Option(None, "--learning-rate",
-                                                      help="SGD step of the attack (default 0.1; a batch of 3 on "
-                                                           "the 2-qubit entangled model needs about 1.0)"),
+                                                      help="step size of the attack (default: the step rule's own, "
+                                                           "0.1 for sgd, 1.0 for gauss-newton)"),
+        step_rule: Optional[str] = typer.Option(None, "--step-rule",
+                                                help="auto (sgd for one input, gauss-newton for a batch) | sgd | "
+                                                     "gauss-newton | normalized | adam"),
+        start_candidates: Optional[int] = typer.Option(None, "--start-candidates",
+                                                       help="start each restart at the lowest-loss of K uniform draws "
+                                                            "in the feature range (default 1000; 1 = plain random "
+                                                            "start, the paper's)"),
         noise_sigma: float = typer.Option(0.0, "--noise-sigma", help="Gaussian noise on shared gradients (defence)"),
         clip: Optional[float] = typer.Option(None, "--clip", help="clip shared gradients to this norm before noise"),
         out: Path = OutOpt, overwrite: bool = typer.Option(False, "--overwrite")) -> None:
@@ -40,6 +47,10 @@ def qnn(task: str = typer.Option("cos", "--task", help="cos | digits2 | digits6 
         kwargs["iterations"] = iterations
     if learning_rate is not None:
         kwargs["learning_rate"] = learning_rate
+    if step_rule is not None:
+        kwargs["step_rule"] = step_rule
+    if start_candidates is not None:
+        kwargs["start_candidates"] = start_candidates
     run, result = attack_run(out, overwrite=overwrite, progress=progress_callback("attacking"), **kwargs)
     typer.echo(f"success rate {result['success_rate']:.2f}, MSE {result['mse_mean']:.4g} +- {result['mse_se']:.2g}")
     echo_done(run)

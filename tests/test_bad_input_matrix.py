@@ -397,6 +397,16 @@ def _(t, out):
     return ["attack", "qnn", "--qubits", "2", "--learning-rate", "0"]
 
 
+@case("qnn-unknown-step-rule")
+def _(t, out):
+    return ["attack", "qnn", "--qubits", "2", "--step-rule", "newton-raphson"]
+
+
+@case("qnn-zero-start-candidates")
+def _(t, out):
+    return ["attack", "qnn", "--qubits", "2", "--start-candidates", "0"]
+
+
 # -- options ----------------------------------------------------------------------------------------
 
 @case("negative-learning-rate")

@@ -145,6 +145,8 @@ def test_noise_result_reports_privacy():
     (dict(iterations=-1), r"iterations=-1 must be a positive integer"),
     (dict(noise_sigma=0.1), r"needs a clipping bound"),
     (dict(learning_rate=-0.5), r"learning_rate=-0.5 must be > 0"),
+    (dict(step_rule="newton"), r"unknown step rule 'newton'; known step rules: auto, adam, gauss-newton, normalized, sgd"),
+    (dict(start_candidates=0), r"start_candidates=0 must be a positive integer"),
 ])
 def test_validation_errors_are_one_line_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match) as info:

@@ -34,7 +34,8 @@ def attack_report(result: dict) -> Report:
 
 def attack_run(out: Path, *, overwrite: bool = False, progress: Callable | None = None, **kwargs) -> tuple[Path, dict]:
     """Validate, attack, and write a finished run folder with ``metrics.json`` and ``report.html``."""
-    check = {k: v for k, v in kwargs.items() if k not in ("kalman", "seed")}
+    check = {k: v for k, v in kwargs.items()
+             if k not in ("kalman", "seed", "fd_step", "fd_points", "plateau_patience", "attack_options", "delta")}
     api.validate_attack_config(**check)
     with RunDir(out, "attack-qnn", dict(kwargs), overwrite=overwrite) as run:
         result = api.run_qnn_attack(**kwargs, progress=progress)
