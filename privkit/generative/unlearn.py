@@ -181,6 +181,9 @@ def forget_target(encoder0: nn.Module, operator: MaskOperator, x_forget: torch.T
 
 def check_frozen_stages(model: nn.Module, frozen_stages: int) -> list[list[nn.Parameter]]:
     """``model``'s encoder stages, after checking that ``frozen_stages`` leaves at least one to train."""
+    if not callable(getattr(model, "encoder_stages", None)) or not callable(getattr(model.encoder, "stages", None)):
+        raise ConfigError(f"--frozen-stages {frozen_stages}: this model's encoder ({type(model.encoder).__name__}) "
+                          "does not define stages(); use --frozen-stages 0")
     stages = model.encoder_stages()
     if frozen_stages >= len(stages):
         raise ConfigError(f"--frozen-stages {frozen_stages} leaves nothing to train: this encoder has {len(stages)} "
@@ -194,6 +197,8 @@ def freeze_encoder_stages(model: nn.Module, frozen_stages: int) -> None:
     The stages are the model's :meth:`~privkit.generative.models.I2IModel.encoder_stages`; the
     embedding the objective matches is unchanged (still every output the decoder reads).
     """
+    if frozen_stages == 0:  # the paper's set-up; works for any encoder, with or without stages()
+        return
     for stage in check_frozen_stages(model, frozen_stages)[:frozen_stages]:
         for p in stage:
             p.requires_grad_(False)

@@ -47,6 +47,7 @@ from torch import nn
 from privkit.data.datasets import AttributeDataset
 from privkit.data.schema import Schema
 from privkit.errors import ArtifactError, ConfigError, SchemaError
+from privkit.evaluate.attackers import ATTACKER_EPOCHS
 from privkit.train import TrainTask, unwrap
 
 KIND = "mass"
@@ -300,7 +301,7 @@ def create_adversary(kind: str, schema: Schema, num_classes: int) -> nn.Module:
 
 # refitting adversaries: the recipe of the audit's fresh linear / MLP attackers
 # (privkit.evaluate.attackers.fit_attacker), so the generator faces what the audit will train
-REFIT_EPOCHS = 40  # = privkit.evaluate.attackers.ATTACKER_EPOCHS for linear and mlp
+REFIT_EPOCHS = ATTACKER_EPOCHS["mlp"]  # the audit trains its linear and MLP attackers this long
 
 
 class _StandardisedHead(nn.Module):

@@ -119,12 +119,16 @@ class PendingStateCommit:
     model: nn.Module
     forget_x: torch.Tensor
     forget_y: torch.Tensor
-    rank_tol: float = 0.0  # the request's ggn_rank_tol, so the state loses the same rows
 
     def commit(self) -> tuple[Any, float]:
-        """Downdate the state in place (with the request's ``rank_tol``); returns ``(state, seconds)``."""
+        """Downdate the state in place, exactly (``rank_tol=0``); returns ``(state, seconds)``.
+
+        The request may drop negligible Gauss-Newton rows (``ggn_rank_tol``); the upkeep runs off the
+        request's clock and keeps every row, so the kept state stays the exact system over the retain
+        set and the per-request bounds do not accumulate over a sequence of requests.
+        """
         t_start = time.perf_counter()
-        self.state.forget(self.model, self.forget_x, self.forget_y, commit=True, rank_tol=self.rank_tol)
+        self.state.forget(self.model, self.forget_x, self.forget_y, commit=True, rank_tol=0.0)
         return self.state, time.perf_counter() - t_start
 
 
@@ -175,7 +179,9 @@ class _NTKBase:
         self._check_rank_tol()
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
-        self._kept_state(selected, kind, context)  # ArtifactError for a state that does not belong to the model
+        state, _ = self._kept_state(selected, kind, context)  # ArtifactError for a state not of the model
+        if state is not None:
+            self._verified_state = ((str(context.model_dir), (context.model_meta or {})["ntk_state_sha256"]), state)
         _import_torch_func()
 
     def _linearise_mode(self, context: UnlearnContext) -> str:
@@ -219,7 +225,12 @@ class _NTKBase:
         wd = self._weight_decay(context)
         if not math.isclose(wd, float(meta.get("ntk_state_weight_decay", float("nan"))), rel_tol=1e-12):
             return None, f"weight_decay={wd:g} was asked for; the kept state uses {meta.get('ntk_state_weight_decay')}"
-        state = load_ntk_state(context.model_dir, meta, data_fingerprint=context.train_fingerprint)
+        # check() verified it already: hand that copy to the request instead of reading and hashing the
+        # file twice (the request mutates its state, so the hand-over is one-shot)
+        key = (str(context.model_dir), meta["ntk_state_sha256"])
+        verified = self.__dict__.pop("_verified_state", None)
+        state = (verified[1] if verified is not None and verified[0] == key
+                 else load_ntk_state(context.model_dir, meta, data_fingerprint=context.train_fingerprint))
         state_mode = "pretrained" if torch.equal(state.point_, state.w0_) else "trained"
         if state_mode != mode:
             return None, f"linearise={mode!r} was asked for; the kept state is linearised at the " \
@@ -297,7 +308,7 @@ class _NTKBase:
             per_request["load_state"] = t_loaded - t_start
             info["timings"] = per_request
             one_off = float(context.model_meta["ntk_state_fit_seconds"])
-            context.ntk_state_out = PendingStateCommit(state, model, forget_x, forget_y, self.ggn_rank_tol)
+            context.ntk_state_out = PendingStateCommit(state, model, forget_x, forget_y)
         else:
             retain_x, retain_y = _x_y(retain, t)
             updated, info = ntk_unlearn(copy_model(model), w0, retain_x, retain_y, forget_x, forget_y, params=kind,

@@ -256,7 +256,7 @@ def register_weighting_factor(name: str) -> Callable[[FactorFn], FactorFn]:
 def _identity_factor(logits: Tensor, loss: str, drop_budget: Tensor) -> Tensor:
     """:math:`V_i = I_C`: every logit's row (nothing to drop: W = I has no small eigenvalues)."""
     n, n_classes = logits.shape
-    return torch.eye(n_classes, dtype=logits.dtype).expand(n, n_classes, n_classes)
+    return torch.eye(n_classes, dtype=logits.dtype, device=logits.device).expand(n, n_classes, n_classes)
 
 
 @register_weighting_factor("ggn")
@@ -704,7 +704,7 @@ def _forget_terms(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: T
         nonlocal n_classes
         n_classes = logits.shape[1]
         logits64 = logits.to(SOLVE_DTYPE)
-        budget = torch.full((logits.shape[0],), float(drop_budget), dtype=SOLVE_DTYPE)
+        budget = torch.full((logits.shape[0],), float(drop_budget), dtype=SOLVE_DTYPE, device=logits.device)
         directions = factor_fn(logits64, loss, budget)
         res = residual(logits64, y[start:start + logits.shape[0]], loss)
         return torch.cat([directions, res.unsqueeze(1)], dim=1)
@@ -714,7 +714,7 @@ def _forget_terms(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: T
         rows = rows.to(SOLVE_DTYPE)
         chunk_jtr = rows[:, -1].sum(dim=0)                      # sum_i r_i^T J_i
         weighted = rows[:, :-1].reshape(-1, rows.shape[-1])
-        gram_rows.append(weighted[weighted.abs().amax(dim=1) > 0])
+        gram_rows.append(weighted[(weighted != 0).any(dim=1)])  # drops all-zero rows, keeps NaN ones
         jtr = chunk_jtr if jtr is None else jtr + chunk_jtr
     assert jtr is not None  # callers refuse empty forget sets
     return torch.cat(gram_rows), jtr, n_classes
@@ -1028,7 +1028,7 @@ class NTKState:
     #: Relative preconditioned residual at which :meth:`_solve_cg` stops (float64 solves).
     CG_TOL = 1e-13
     #: ``auto`` tries CG only when half the direct solve's cost buys this many iterations (the
-    #: benchmark requests needed 17-19; fewer allowed would mostly waste them before the fallback).
+    #: benchmark requests needed 9-17; fewer allowed would mostly waste them before the fallback).
     CG_MIN_ITERATIONS = 30
     #: A P x P float64 factor larger than this is streamed from memory by every CG iteration;
     #: its flops then count ``CG_MEMORY_PENALTY`` times (measured: at P = 2920 19 iterations took as
@@ -1137,8 +1137,8 @@ class NTKState:
         :math:`4P^2 + 4mP` flops, against :math:`2mP^2` to form :math:`UQ` for Woodbury. The
         preconditioned matrix is :math:`I - (UB^{-1/2})^T(UB^{-1/2})`, whose eigenvalues are 1
         except for at most m of them in (0, 1]; forget rows that are small next to the rest of
-        the data keep them away from 0, and CG then converges in a few dozen iterations (condition
-        numbers 3 to 12 on the Fast-NTK benchmark requests). Stops when the preconditioned
+        the data keep them away from 0, and CG then converges in a few dozen iterations (9-17 on the
+        Fast-NTK benchmark requests). Stops when the preconditioned
         residual :math:`\\lVert r\\rVert_{B^{-1}}` is below ``CG_TOL`` times
         :math:`\\lVert \\mathrm{rhs}\\rVert_{B^{-1}}`; returns ``None`` when ``max_iter`` is reached
         first (the caller then solves directly).
@@ -1356,6 +1356,7 @@ class NTKState:
         updated = model if inplace else copy.deepcopy(model)
         _apply_delta(updated, self.param_names_, applied)
         t_end = time.perf_counter()
+        dropped_rows = drop_budget > 0 and int(gram_rows.shape[0]) < n_forget * self.n_classes_
         info = {
             "method": "ntk" if self.params == "all" else "fast-ntk",
             "solver": "state", "downdate": solve_info["downdate"], "cg_iterations": solve_info["cg_iterations"],
@@ -1367,10 +1368,11 @@ class NTKState:
             "scale": step, "delta_norm": float(torch.linalg.vector_norm(delta)),
             "delta": applied,
             "rows": int(gram_rows.shape[0]), "rows_full": n_forget * self.n_classes_,
-            "rank_tol": float(rank_tol) if drop_budget > 0 else 0.0,
+            # the bound only means something where rows were actually dropped (W = I drops none)
+            "rank_tol": float(rank_tol) if dropped_rows else 0.0,
             "update_change_bound": (float(rank_tol * torch.linalg.vector_norm(delta_retain)
                                           / torch.linalg.vector_norm(delta))
-                                    if drop_budget > 0 and float(torch.linalg.vector_norm(delta)) > 0
+                                    if dropped_rows and float(torch.linalg.vector_norm(delta)) > 0
                                     else 0.0),
             "timings": {
                 "one_off": dict(self.one_off_seconds_),

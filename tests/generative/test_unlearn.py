@@ -263,3 +263,14 @@ def test_method_params_pass_frozen_stages_to_encoder_methods_only():
     assert method_params("li2024", alpha=0.3, frozen_stages=1) == {"alpha": 0.3, "frozen_stages": 1}
     assert method_params("max-loss", frozen_stages=2) == {"frozen_stages": 2}
     assert method_params("retrain", alpha=0.3, frozen_stages=1, epochs=2) == {"epochs": 2}
+
+
+def test_encoders_without_stages_still_unlearn_at_frozen_stages_0_and_refuse_more():
+    from privkit.generative.unlearn import freeze_encoder_stages
+
+    model = create_i2i("unet", (1, 8, 8))
+    model.encoder.stages = None  # an encoder that does not define stages()
+    freeze_encoder_stages(model, 0)  # the default must not need stages()
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    with pytest.raises(ConfigError, match="does not define stages"):
+        freeze_encoder_stages(model, 1)

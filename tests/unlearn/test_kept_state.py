@@ -104,9 +104,14 @@ def test_other_recipe_falls_back_to_one_shot(peft_run):
     assert info["ntk"]["linearisation_point"].startswith("trained weights w*")
 
 
-def test_unlearn_run_keeps_downdated_state_and_chains(peft_run, tmp_path):
+def test_unlearn_run_keeps_downdated_state_and_chains(peft_run, tmp_path, monkeypatch):
     """Two sequential requests (the second against the unlearned run) equal one request for their union."""
+    import privkit.unlearn.peft as peft
+
     root, ds = peft_run
+    reads = []
+    real_load = peft.load_ntk_state
+    monkeypatch.setattr(peft, "load_ntk_state", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
     held = _request(root / "peft", ds, "random=0.1")
     train_ids = np.sort(np.concatenate([held.retain.base_indices, held.forget.base_indices]))
     rng = np.random.default_rng(0)
@@ -116,6 +121,7 @@ def test_unlearn_run_keeps_downdated_state_and_chains(peft_run, tmp_path):
     unlearn_run(root / "peft", "digits", _ids_file(tmp_path, "f1.txt", first), "fast-ntk", tmp_path / "r1",
                 size=SIZE, dataset=ds, progress=False)
     meta1 = json.loads((tmp_path / "r1" / "meta.json").read_text())
+    assert reads == [root / "peft"]  # check() verifies the state once and hands it to the request
     assert meta1["ntk_costs"]["path"] == "kept-state" and meta1["ntk_costs"]["upkeep_seconds"] > 0
     assert 0 < meta1["ntk_costs"]["per_request_seconds"] <= meta1["ntk_costs"]["RTE"]
     assert meta1["ntk_costs"]["one_off_seconds"] == pytest.approx(
