@@ -786,8 +786,8 @@ class MaSS:
         if int(self.noise_dim) < 0 or int(self.feature_dim) < 1:
             raise ConfigError(f"noise_dim={self.noise_dim} must be >= 0 and feature_dim={self.feature_dim} >= 1")
         self._refit_every()
-        if int(self.refit_epochs) < 1:
-            raise ConfigError(f"refit_epochs={self.refit_epochs} must be at least 1")
+        if isinstance(self.refit_epochs, bool) or not isinstance(self.refit_epochs, int) or self.refit_epochs < 1:
+            raise ConfigError(f"refit_epochs={self.refit_epochs!r} must be a whole number >= 1")
         if self.preserve_reference not in PRESERVE_REFERENCES:
             raise ConfigError(f"preserve_reference={self.preserve_reference!r} is not known; use one of "
                               f"{', '.join(PRESERVE_REFERENCES)}")

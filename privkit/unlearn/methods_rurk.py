@@ -115,6 +115,13 @@ class RURKUnlearner(_Iterative):
         self.margin = margin
         self._reference: nn.Module | None = None
 
+    def check(self, model: nn.Module, context: UnlearnContext) -> None:
+        """Refuse, before anything runs, options of the wrong kind (the CLI checks types, Python callers may not)."""
+        if not isinstance(self.distill_forgotten, bool):
+            raise ConfigError(f"distill_forgotten={self.distill_forgotten!r} must be true or false")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not 0 <= self.margin < math.inf:
+            raise ConfigError(f"margin={self.margin!r} must be a finite number >= 0 (logits; 0 = the paper's indicator)")
+
     def with_reference(self, reference: nn.Module | None) -> "RURKUnlearner":
         """Use ``reference`` (a model retrained without the forget set) in the stop rule; returns self."""
         self._reference = reference

@@ -199,3 +199,13 @@ def test_bad_configuration_is_a_config_error(digits, kwargs, fragment):
 def test_empty_forget_set_is_a_config_error(digits):
     with pytest.raises(ConfigError, match="forget set is empty"):
         rurk_finetune(copy.deepcopy(digits["ref"]), digits["retain_loader"][:1], [])
+
+
+@pytest.mark.parametrize("options, fragment", [({"margin": -1.0}, "margin=-1.0"), ({"margin": float("nan")}, "margin"),
+                                               ({"distill_forgotten": "no"}, "distill_forgotten='no'")])
+def test_rurk_unlearner_refuses_bad_options_before_running(options, fragment):
+    from privkit.unlearn.methods_rurk import RURKUnlearner
+
+    with pytest.raises(ConfigError, match=fragment):
+        RURKUnlearner(**options).check(None, None)  # a Python caller: no CLI type check in front
+    RURKUnlearner(margin=0.5, distill_forgotten=True).check(None, None)  # good options pass

@@ -159,3 +159,11 @@ def test_preserve_reference_original_follows_readability():
     # an explicit budget is kept as given
     explicit = MaSS(**{**common, "budgets": {"coin": 0.3}}, preserve_reference="original").fit(data).budgets_
     assert explicit["n"]["coin"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("bad", ["abc", 0, 2.5, True])
+def test_refit_epochs_must_be_a_whole_number(bad):
+    data = linear_gender(n=40)
+    with pytest.raises(ConfigError, match="refit_epochs"):
+        MaSS(suppress=["gender"], adversaries=["linear"], refit_adversaries="epoch", refit_epochs=bad,
+             epochs=1).fit(data)
