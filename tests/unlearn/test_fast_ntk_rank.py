@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from privkit.errors import ConfigError
 from privkit.unlearn.jacobian import (
@@ -20,25 +19,13 @@ from privkit.unlearn.jacobian import (
     select_parameters,
 )
 from privkit.unlearn.ntk import DEFAULT_GGN_RANK_TOL, WEIGHTING_FACTORS, NTKState, ntk_unlearn
+from bn_cnn import bn_cnn
 
 F64 = torch.float64
 
 
 def _bn_cnn(seed: int = 0, n_classes: int = 6, dtype: torch.dtype = F64):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(3 * 6 * 6, n_classes)).to(dtype)
-    with torch.no_grad():
-        model(torch.randn(16, 1, 6, 6, dtype=dtype))  # non-trivial running statistics
-    model.eval()
-    w0 = {k: v.detach().clone() for k, v in model.named_parameters()}
-    torch.manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        model[4].weight.mul_(6.0)  # confident logits: W = diag(p) - pp^T has small eigenvalues
-    x = torch.randn(30, 1, 6, 6, dtype=dtype)
-    return model, w0, x, torch.randint(0, n_classes, (30,))
+    return bn_cnn(seed, n_classes=n_classes, n=30, dtype=dtype, head_scale=6.0)
 
 
 @pytest.mark.parametrize("mode", ["hooks", "rev"])

@@ -18,6 +18,7 @@ from torch import nn
 from privkit.errors import ConfigError
 from privkit.unlearn.jacobian import flatten_parameters, unflatten_parameters
 from privkit.unlearn.ntk import NTKState, ntk_unlearn, weighted_rows
+from bn_cnn import bn_cnn
 
 F64 = torch.float64
 
@@ -153,18 +154,7 @@ def test_ggn_weighting_refuses_the_dual_solver():
 
 
 def _bn_cnn(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
-    with torch.no_grad():
-        model(torch.randn(16, 1, 6, 6))  # non-trivial running statistics
-    model.eval()
-    w0 = {k: v.detach().clone() for k, v in model.named_parameters()}
-    torch.manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model, w0, torch.randn(24, 1, 6, 6), torch.randint(0, 4, (24,))
+    return bn_cnn(seed)
 
 
 @pytest.mark.parametrize("method", ["woodbury", "cholesky"])
