@@ -90,8 +90,6 @@ __all__ = [
     "register_residual",
     "register_solver",
     "residual",
-    "WEIGHTINGS",
-    "register_weighting",
     "weighted_rows",
     "WEIGHTING_FACTORS",
     "register_weighting_factor",
@@ -180,58 +178,10 @@ def residual(logits: Tensor, y: Tensor, loss: str = "ce") -> Tensor:
 # Curvature weighting W of the linearised loss: J^T W J = (M^T J)^T (M^T J) with M M^T = W
 # --------------------------------------------------------------------------------------------
 
-WeightingFn = Callable[[Tensor, Tensor, str], Tensor]
-WEIGHTINGS: dict[str, WeightingFn] = {}
-
-
-def register_weighting(name: str) -> Callable[[WeightingFn], WeightingFn]:
-    """Register ``fn(J (n, C, P) float64, logits (n, C) float64, loss) -> rows (n*C, P)``.
-
-    ``rows`` are :math:`M_i^T J_i` stacked, with :math:`M_iM_i^T = W_i` the weighting of sample
-    :math:`i`, so that :math:`\\mathrm{rows}^T\\mathrm{rows} = \\sum_i J_i^T W_i J_i`.
-    """
-
-    def decorate(fn: WeightingFn) -> WeightingFn:
-        WEIGHTINGS[name] = fn
-        return fn
-
-    return decorate
-
-
-@register_weighting("identity")
-def _identity_rows(jac: Tensor, logits: Tensor, loss: str) -> Tensor:
-    """:math:`W = I`: the squared loss on logits of Golatkar et al. and the reference notebook."""
-    return jac.reshape(-1, jac.shape[-1])
-
-
-@register_weighting("ggn")
-def _gauss_newton_rows(jac: Tensor, logits: Tensor, loss: str) -> Tensor:
-    """The generalised Gauss-Newton weighting: the Hessian of ``loss`` in the logits.
-
-    For cross-entropy :math:`W = \\mathrm{diag}(p) - pp^T` with :math:`p = \\mathrm{softmax}(f)`.
-    With :math:`s = \\sqrt p`, :math:`M = \\mathrm{diag}(s) - p\\,s^T` gives
-    :math:`MM^T = \\mathrm{diag}(p) - 2pp^T + pp^T\\,(s^Ts) = W` because :math:`s^Ts = 1`, so the
-    rows are :math:`M^TJ = s \\odot (J - \\mathbf 1\\,p^TJ)` and no :math:`C\\times C` matrix is
-    formed. For the squared loss the Hessian in the logits is :math:`I`.
-    """
-    if loss == "mse":
-        return _identity_rows(jac, logits, loss)
-    prob = torch.softmax(logits, dim=1)
-    mean_row = torch.einsum("nc,ncp->np", prob, jac)
-    return (prob.sqrt().unsqueeze(2) * (jac - mean_row.unsqueeze(1))).reshape(-1, jac.shape[-1])
-
-
-def weighted_rows(jac: Tensor, logits: Tensor, loss: str = "ce", weighting: str = "identity") -> Tensor:
-    """Rows :math:`M^TJ` of the weighted Gram matrix :math:`J^TWJ` (see :func:`register_weighting`)."""
-    try:
-        fn = WEIGHTINGS[weighting]
-    except KeyError:
-        raise ConfigError(f"unknown NTK weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}") from None
-    return fn(jac.to(SOLVE_DTYPE), logits.to(SOLVE_DTYPE), loss)
-
-
-# The same rows without forming J: M_i^T J_i are K vector-Jacobian products per sample, so a
-# weighting of low rank needs fewer backward passes (jacobian.iter_jacobian_chunks(project=...)).
+# One registry of weightings, in factor form: a weighting gives per sample V_i (K x C) with
+# V_i^T V_i = W_i, and its rows of the Gram matrix are V_i J_i. Formed from a full Jacobian
+# (weighted_rows) or without one, as K vector-Jacobian products per sample, so a weighting of
+# low rank needs fewer backward passes (jacobian.iter_jacobian_chunks(project=...)).
 
 FactorFn = Callable[[Tensor, str, Tensor], Tensor]
 WEIGHTING_FACTORS: dict[str, FactorFn] = {}
@@ -281,6 +231,23 @@ def _gauss_newton_factor(logits: Tensor, loss: str, drop_budget: Tensor) -> Tens
     factor = (scale.unsqueeze(2) * eigvecs.transpose(1, 2)).flip(1)  # largest first
     n_kept = max(int((~dropped).sum(dim=1).max()), 1)
     return factor[:, :n_kept]
+
+
+def weighted_rows(jac: Tensor, logits: Tensor, loss: str = "ce", weighting: str = "identity") -> Tensor:
+    """Rows :math:`V_iJ_i` (stacked, ``(n K, P)``) of the weighted Gram matrix :math:`\\sum_i J_i^TW_iJ_i`.
+
+    ``jac`` is ``(n, C, P)``; the weighting is the registered factor (:func:`register_weighting_factor`)
+    with nothing dropped, so ``rows.T @ rows`` equals :math:`\\sum_i J_i^TW_iJ_i` to round-off.
+    """
+    try:
+        factor_fn = WEIGHTING_FACTORS[weighting]
+    except KeyError:
+        raise ConfigError(f"unknown NTK weighting {weighting!r}; choose one of {sorted(WEIGHTING_FACTORS)}") from None
+    jac64, logits64 = jac.to(SOLVE_DTYPE), logits.to(SOLVE_DTYPE)
+    if weighting == "identity":  # V_i = I: the rows are J itself (no product with an identity)
+        return jac64.reshape(-1, jac64.shape[-1])
+    factor = factor_fn(logits64, loss, torch.zeros(logits64.shape[0], dtype=SOLVE_DTYPE, device=logits64.device))
+    return torch.einsum("nkc,ncp->nkp", factor, jac64).reshape(-1, jac64.shape[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -869,8 +836,8 @@ def ntk_unlearn(
     n_retain, n_forget = retain_x.shape[0], forget_x.shape[0]
     n_total = n_retain + n_forget
     n_classes = _count_classes(model, point, retain_x)
-    if weighting not in WEIGHTINGS:
-        raise ConfigError(f"unknown NTK weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+    if weighting not in WEIGHTING_FACTORS:
+        raise ConfigError(f"unknown NTK weighting {weighting!r}; choose one of {sorted(WEIGHTING_FACTORS)}")
     if weighting != "identity" and solver == "auto":
         solver = "primal"  # the weighted Gram is formed in the primal only
     chosen = choose_solver(n_total * n_classes, n_params, solver)
@@ -1061,8 +1028,8 @@ class NTKState:
         t_start = time.perf_counter()
         _check_weight_decay(self.weight_decay)
         _lambdas(self.weight_decay, 2, 1, self.lambda_scaling)  # validates the name
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"unknown NTK weighting {self.weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+        if self.weighting not in WEIGHTING_FACTORS:
+            raise ConfigError(f"unknown NTK weighting {self.weighting!r}; choose one of {sorted(WEIGHTING_FACTORS)}")
         if x.shape[0] == 0:
             raise ConfigError("cannot build an NTK state over zero samples; pass the training set")
         selected = select_parameters(model, self.params)
