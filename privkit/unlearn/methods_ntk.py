@@ -29,7 +29,9 @@ over its training data :math:`D` (``ntk_state.safetensors``, see :mod:`privkit.u
 :math:`G = J_D^TJ_D`, :math:`b = J_D^Tr_D` and the eigendecomposition of :math:`G`, paid once.
 When the run folder holds a state that answers the same question (same parameters, :math:`w_0`,
 :math:`wd`, residual and :math:`\lambda` scaling, fitted on exactly the model's training samples)
-a request is served by :meth:`~privkit.unlearn.ntk.NTKState.forget`: only the forget set's
+a request is served by :meth:`~privkit.unlearn.ntk.NTKState.forget`: reading and checking the
+factor it uses (the pre-flight ``check`` reads only the file's checksummed header and the
+P-length tensors; the request reads :math:`Q`, not :math:`G`), the forget set's
 Jacobians :math:`J_f` and the downdate :math:`A_r = G - J_f^TJ_f + \lambda_r I`,
 :math:`b_r = b - J_f^Tr_f` (Woodbury against the kept factor, or Cholesky) -- the retain set is
 never touched. The result equals the one-shot step up to round-off. ``context.info["ntk"]``
@@ -179,9 +181,13 @@ class _NTKBase:
         self._check_rank_tol()
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
+        t_start = time.perf_counter()
         state, _ = self._kept_state(selected, kind, context)  # ArtifactError for a state not of the model
         if state is not None:
-            self._verified_state = ((str(context.model_dir), (context.model_meta or {})["ntk_state_sha256"]), state)
+            # what the check read: the state's header and P-length tensors; the P x P factor is read (and
+            # checked) by the request itself, on its clock
+            self._verified_state = ((str(context.model_dir), (context.model_meta or {})["ntk_state_sha256"]), state,
+                                    time.perf_counter() - t_start)
         _import_torch_func()
 
     def _linearise_mode(self, context: UnlearnContext) -> str:
@@ -229,6 +235,7 @@ class _NTKBase:
         # file twice (the request mutates its state, so the hand-over is one-shot)
         key = (str(context.model_dir), meta["ntk_state_sha256"])
         verified = self.__dict__.pop("_verified_state", None)
+        self._preflight_seconds = verified[2] if verified is not None and verified[0] == key else 0.0
         state = (verified[1] if verified is not None and verified[0] == key
                  else load_ntk_state(context.model_dir, meta, data_fingerprint=context.train_fingerprint))
         state_mode = "pretrained" if torch.equal(state.point_, state.w0_) else "trained"
@@ -305,7 +312,10 @@ class _NTKBase:
             updated, info = state.forget(copy_model(model), forget_x, forget_y, scale=self.scale, method="auto",
                                          commit=False, inplace=True, rank_tol=self.ggn_rank_tol)
             per_request = dict(info["timings"]["per_request"])
-            per_request["load_state"] = t_loaded - t_start
+            # reading the state: here (when check() did not hand it over) and the factor inside forget()
+            per_request["load_state"] = t_loaded - t_start + per_request.get("load", 0.0)
+            # the pre-flight check's share (header + P-length tensors), outside the request's clock
+            per_request["preflight_state"] = getattr(self, "_preflight_seconds", 0.0)
             info["timings"] = per_request
             one_off = float(context.model_meta["ntk_state_fit_seconds"])
             context.ntk_state_out = PendingStateCommit(state, model, forget_x, forget_y)

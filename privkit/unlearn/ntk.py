@@ -65,8 +65,10 @@ Recipe choices (documented because the paper, the notebook and the issue differ 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import mmap
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -651,15 +653,16 @@ def _normal_equations(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, 
     return gram, jtr
 
 
-def _forget_terms(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
-                  loss: str, chunk_size: int, mode: str, weighting: str, drop_budget: float = 0.0
-                  ) -> tuple[Tensor, Tensor, int]:
-    """The forget set's Gram rows :math:`M^TJ_f` (m, P), :math:`J_f^Tr_f` (P,) and C.
+def _forget_rows(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
+                 loss: str, chunk_size: int, mode: str, weighting: str, drop_budget: float = 0.0
+                 ) -> tuple[Tensor, Tensor, int, torch.dtype]:
+    """The forget set's Gram rows by sample, ``(n, K, P)`` float64, :math:`J_f^Tr_f` (P,), C and J's dtype.
 
     Computed as vector-Jacobian products (:data:`WEIGHTING_FACTORS`): per sample the K kept
     directions of :math:`W_i` plus the residual :math:`r_i` as one more slot, so a weighting of
     rank K costs K + 1 backward passes instead of C. ``drop_budget`` is the per-sample sum of
-    eigenvalues of :math:`W_i` that may be dropped (0: exact). All-zero rows (padding) are left out.
+    eigenvalues of :math:`W_i` that may be dropped (0: exact). Samples that keep fewer than K
+    directions are padded with all-zero rows.
     """
     try:
         factor_fn = WEIGHTING_FACTORS[weighting]
@@ -676,15 +679,108 @@ def _forget_terms(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: T
         res = residual(logits64, y[start:start + logits.shape[0]], loss)
         return torch.cat([directions, res.unsqueeze(1)], dim=1)
 
-    gram_rows, jtr = [], None
+    chunks, jtr, source_dtype = [], None, SOLVE_DTYPE
     for _, rows, _ in iter_jacobian_chunks(model, x, point, chunk_size, mode=mode, project=project):
+        source_dtype = rows.dtype
         rows = rows.to(SOLVE_DTYPE)
         chunk_jtr = rows[:, -1].sum(dim=0)                      # sum_i r_i^T J_i
-        weighted = rows[:, :-1].reshape(-1, rows.shape[-1])
-        gram_rows.append(weighted[(weighted != 0).any(dim=1)])  # drops all-zero rows, keeps NaN ones
+        chunks.append(rows[:, :-1])
         jtr = chunk_jtr if jtr is None else jtr + chunk_jtr
     assert jtr is not None  # callers refuse empty forget sets
-    return torch.cat(gram_rows), jtr, n_classes
+    width = max(c.shape[1] for c in chunks)                     # chunks may keep different K
+    rows = torch.cat([torch.nn.functional.pad(c, (0, 0, 0, width - c.shape[1])) for c in chunks])
+    return rows, jtr, n_classes, source_dtype
+
+
+def _nonzero_rows(rows: Tensor) -> Tensor:
+    """Mask of the rows of ``rows`` (m, P) that are not all zero (padding); NaN rows are kept."""
+    return (rows != 0).any(dim=1)
+
+
+def _forget_terms(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
+                  loss: str, chunk_size: int, mode: str, weighting: str, drop_budget: float = 0.0
+                  ) -> tuple[Tensor, Tensor, int]:
+    """The forget set's Gram rows :math:`M^TJ_f` (m, P), :math:`J_f^Tr_f` (P,) and C.
+
+    :func:`_forget_rows` with the samples stacked and the all-zero (padding) rows left out.
+    """
+    rows, jtr, n_classes, _ = _forget_rows(model, point, x, y, loss, chunk_size, mode, weighting, drop_budget)
+    flat = rows.reshape(-1, rows.shape[-1])
+    return flat[_nonzero_rows(flat)], jtr, n_classes
+
+
+#: A rank-one block must match its factors to this many units of the Jacobian dtype's round-off.
+RANK_ONE_ULPS = 64
+
+
+def _rank_one_factors(block: Tensor, source_dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+    """``(c (n, R), a (n, I))`` with ``block[i] = c[i] a[i]^T`` for every sample, or ``None``.
+
+    ``block`` is ``(n, R, I)``. Per sample, ``a`` is the row of largest norm and ``c`` the
+    least-squares coefficients on it; the factorisation is accepted only when it reproduces every
+    entry to within ``RANK_ONE_ULPS`` round-off units of ``source_dtype`` (the dtype the Jacobian was
+    computed in) times the sample's largest entry: the factored rows then differ from the computed
+    ones by no more than the rounding those already carry, scaled to the block. A NaN refuses it.
+    """
+    n = block.shape[0]
+    scale = block.abs().amax(dim=(1, 2))                                       # (n,)
+    pick = torch.linalg.vector_norm(block, dim=2).argmax(dim=1)                # (n,)
+    vec = block[torch.arange(n), pick]                                         # (n, I)
+    norm_sq = (vec * vec).sum(dim=1)
+    safe = torch.where(norm_sq > 0, norm_sq, torch.ones_like(norm_sq))
+    coeff = torch.where(norm_sq[:, None] > 0, (block @ vec.unsqueeze(2)).squeeze(2) / safe[:, None],
+                        torch.zeros_like(block[:, :, 0]))
+    error = (block - coeff.unsqueeze(2) * vec.unsqueeze(1)).abs().amax(dim=(1, 2))
+    tol = RANK_ONE_ULPS * torch.finfo(source_dtype).eps * scale
+    if not bool((error <= tol).all()):
+        return None
+    return coeff, vec
+
+
+def _rotate_rows(rows: Tensor, basis: Tensor, shapes: list[list[int]], source_dtype: torch.dtype) -> Tensor:
+    """:math:`UQ` for the forget rows ``rows`` (n, K, P) and the kept eigenvectors ``basis`` Q (P, P).
+
+    This product is what a downdate against the kept factor costs: :math:`2mP^2` flops for
+    :math:`m = nK` rows. A linear layer applied once per sample, :math:`y = Wa_i + b`, has the
+    per-sample gradient :math:`\\partial(v^Ty)/\\partial W = v a_i^T`, so sample i's K rows restricted to
+    :math:`W`'s block (``out x in``) are :math:`\\mathrm{vec}(g_{ik}a_i^T)` and
+
+    .. math::
+
+        (UQ)_{ik} \\mathrel{+}= \\sum_{o,j} g_{ik,o}\\,a_{i,j}\\,Q_{(o,j),:} = g_{ik}^T T_i,
+        \\qquad T_i = \\sum_j a_{i,j}\\,Q_{(\\cdot,j),:} \\in \\mathbb{R}^{out\\times P},
+
+    which costs :math:`2\\,out\\,(in + K)P` flops per sample instead of :math:`2K\\,out\\,in\\,P`
+    (the classifier head is most of P for a BN-affine + head selection). Every 2-D block is
+    tested for this structure (:func:`_rank_one_factors`); a block without it (a convolution,
+    a linear layer over several tokens) is multiplied densely. Returns ``(nK, P)``.
+    """
+    n, k, n_params = rows.shape
+    flat = rows.reshape(n * k, n_params)
+    rotated = torch.zeros(n * k, basis.shape[1], dtype=rows.dtype, device=rows.device)
+    dense: list[tuple[int, int]] = []
+    offset = 0
+    for shape in shapes:
+        size = math.prod(shape)
+        factors = None
+        if len(shape) == 2 and k > 1 and min(shape) > 1:
+            out_dim, in_dim = shape
+            factors = _rank_one_factors(rows[:, :, offset:offset + size].reshape(n, k * out_dim, in_dim),
+                                        source_dtype)
+        if factors is None:
+            if dense and dense[-1][1] == offset:
+                dense[-1] = (dense[-1][0], offset + size)       # one product per contiguous run
+            else:
+                dense.append((offset, offset + size))
+        else:
+            coeff, vec = factors
+            block_basis = basis[offset:offset + size].reshape(out_dim, in_dim, -1)   # a view: (out, in, P)
+            per_sample = torch.matmul(vec, block_basis).transpose(0, 1)           # T_i: (n, out, P)
+            rotated += torch.bmm(coeff.reshape(n, k, out_dim), per_sample).reshape(n * k, -1)
+        offset += size
+    for start, stop in dense:
+        rotated.addmm_(flat[:, start:stop], basis[start:stop])
+    return rotated
 
 
 def _stacked_jacobian(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
@@ -924,6 +1020,117 @@ def ntk_unlearn(
 # --------------------------------------------------------------------------------------------
 
 
+#: safetensors dtype names of the tensors a state file holds.
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "I64": torch.int64}
+
+
+def _tensor_sha256(tensor: Tensor) -> str:
+    """SHA-256 of a CPU tensor's bytes as safetensors stores them (C order, little-endian)."""
+    data = tensor.detach().cpu().contiguous()
+    if data.numel() == 0:
+        return hashlib.sha256(b"").hexdigest()
+    return hashlib.sha256(memoryview(data.numpy()).cast("B")).hexdigest()
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[bytes, dict]:
+    """``(raw header, parsed header)`` of a safetensors file: its 8-byte length and JSON header.
+
+    The raw bytes are what a state's checksum in ``meta.json`` covers (format 3): the JSON holds
+    every tensor's offsets, dtype, shape and, in the metadata, its SHA-256.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 1 < length <= 100 * 2**20:
+                raise ValueError("bad header length")
+            body = handle.read(length)
+        header = json.loads(body.decode("utf-8"))
+        if not isinstance(header, dict) or len(body) != length:
+            raise ValueError("truncated header")
+    except FileNotFoundError:
+        raise ArtifactError(f"NTK state {path} does not exist; run the NTK fit step first") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"NTK state {path} is not a readable safetensors file ({exc}); "
+                            "rebuild it with NTKState.fit") from exc
+    return prefix + body, header
+
+
+class _StateFile:
+    """The tensors of a format-3 state file, each read and checked against its SHA-256 when first used.
+
+    The header (offsets, shapes, checksums) was verified by whoever opened the file, so a tensor whose
+    bytes changed since is refused with an ArtifactError; a request reads only what it uses. The file
+    is memory-mapped copy-on-write: a tensor is a view of the mapped bytes (no copy of the P x P factor;
+    hashing it is the one pass over it before it is used), and changing it in place leaves the file as
+    it is.
+    """
+
+    def __init__(self, path: Path, header_length: int, header: dict, digests: dict[str, str]):
+        self.path = path
+        self.data_start = 8 + header_length
+        self.entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        self.digests = digests
+        self._mapped: mmap.mmap | None = None
+
+    def _map(self) -> mmap.mmap:
+        if self._mapped is None:
+            try:
+                with open(self.path, "rb") as handle:
+                    self._mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError) as exc:
+                raise ArtifactError(f"cannot read NTK state {self.path}: {exc}") from exc
+        return self._mapped
+
+    def read(self, name: str) -> Tensor:
+        entry = self.entries[name]
+        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        begin, end = (int(v) for v in entry["data_offsets"])
+        shape = [int(v) for v in entry["shape"]]
+        item = torch.empty((), dtype=dtype).element_size() if dtype is not None else 0
+        if dtype is None or end - begin != math.prod(shape) * item or (self.data_start + begin) % item:
+            raise ArtifactError(f"NTK state {self.path} has a malformed entry {name!r}; rebuild it")
+        if begin == end:
+            out, data = torch.zeros(shape, dtype=dtype), b""
+        else:
+            mapped = self._map()
+            if self.data_start + end > len(mapped):
+                raise ArtifactError(f"NTK state {self.path} is truncated; rebuild it")
+            data = memoryview(mapped)[self.data_start + begin:self.data_start + end]
+            out = torch.frombuffer(mapped, dtype=dtype, count=math.prod(shape),
+                                   offset=self.data_start + begin).reshape(shape)
+        if hashlib.sha256(data).hexdigest() != self.digests.get(name):
+            raise ArtifactError(f"{self.path} does not match the checksum in meta.json (tensor {name!r}); the "
+                                f"artifact was modified or is corrupt (delete ntk_state_* from meta.json to fall "
+                                f"back to one-shot fast-ntk)")
+        return out
+
+
+def _lazy_tensor(name: str, doc: str) -> property:
+    """A tensor attribute of :class:`NTKState` that a state opened from a file reads on first use."""
+    slot = f"_{name}_tensor"
+
+    def get(self) -> Tensor:
+        value = self.__dict__.get(slot)
+        if value is None:
+            source = self.__dict__.get("_source")
+            if source is None or name not in source.entries:
+                derive = getattr(self, f"_derive_{name}", None)
+                if derive is None or "w0_" not in self.__dict__:
+                    raise AttributeError(f"{name}_")
+                value = derive()
+            else:
+                value = source.read(name)
+            self.__dict__[slot] = value
+        return value
+
+    def set_(self, value: Tensor) -> None:
+        self.__dict__[slot] = value
+
+    return property(get, set_, doc=doc)
+
+
 class NTKState:
     """The primal NTK system over :math:`D`, kept so deletion requests are cheap.
 
@@ -948,9 +1155,12 @@ class NTKState:
 
     or by a Cholesky factorisation of the downdated :math:`A_r` (:math:`O(P^3)`, used when
     :math:`m` is not small next to :math:`P`). Before either, ``method="auto"`` runs preconditioned
-    conjugate gradients with :math:`B^{-1}` as the preconditioner (:meth:`_solve_cg`,
-    :math:`O(P^2 + mP)` per iteration, no :math:`m\\times P\\times P` product), for at most half the
-    flops of the direct solve, and falls back to it when CG has not converged by then. The update is
+    conjugate gradients with :math:`B^{-1}` as the preconditioner (:meth:`_solve_cg`), for at most
+    half the flops of the direct solve, and falls back to it when CG has not converged by then. A
+    request with :math:`Q` too large for the cache first forms :math:`E = UQ` once, most of it cheaply
+    (:func:`_rotate_rows`: the head's rows are Kronecker products), and iterates on :math:`E`
+    (:math:`O(mP)` per iteration); otherwise each iteration applies :math:`Q` and :math:`Q^T` around
+    the rows (:math:`O(P^2 + mP)`). The update is
     :math:`w \\leftarrow w + s(\\delta_r - \\delta_D)`. With ``commit=True`` the state becomes the
     state of :math:`D_r`, so requests can follow one another; rows removed since the last
     factorisation are kept and folded into :math:`U`, and the factor is refreshed once they
@@ -960,6 +1170,11 @@ class NTKState:
     the right-hand side :math:`b_S - \\lambda_S(a - w_0)` and :math:`\\delta_S = w_{lin}(S) - a`;
     with ``weighting="ggn"`` the Gram matrix is :math:`J^TWJ` and the downdated rows are
     :math:`M^TJ_f` (:func:`weighted_rows`). Neither changes the cost of a request.
+
+    Saved (:meth:`save`) as one safetensors file whose header lists every tensor's SHA-256; a state
+    opened from it (:meth:`open`) reads its P x P tensors (``gram_``, ``eigvecs_``) and the removed
+    rows only when they are first used, checking each against its checksum then, so a request reads
+    :math:`Q` but not :math:`G`.
 
     Parameters
     ----------
@@ -980,6 +1195,9 @@ class NTKState:
         Eigendecomposition of the Gram matrix at the last factorisation.
     removed_jacobian_ : Tensor
         Jacobian rows removed since that factorisation, shape ``(m_total, P)``.
+    removed_eig_ : Tensor
+        The same rows in the eigenbasis, ``removed_jacobian_ @ eigvecs_`` (kept, so a request after
+        committed ones does not form it again).
     delta_ : Tensor
         :math:`w_{lin}(D) - w_0` for the current :math:`D`.
     n_samples_, n_fit_samples_, n_classes_ : int
@@ -991,20 +1209,32 @@ class NTKState:
         bounds what ``forget(rank_tol=...)`` may drop (``None`` for states saved without it).
     """
 
-    FORMAT = "privkit.ntk_state/2"
+    FORMAT = "privkit.ntk_state/3"
     #: Relative preconditioned residual at which :meth:`_solve_cg` stops (float64 solves).
     CG_TOL = 1e-13
     #: ``auto`` tries CG only when half the direct solve's cost buys this many iterations (the
     #: benchmark requests needed 9-17; fewer allowed would mostly waste them before the fallback).
     CG_MIN_ITERATIONS = 30
-    #: A P x P float64 factor larger than this is streamed from memory by every CG iteration;
-    #: its flops then count ``CG_MEMORY_PENALTY`` times (measured: at P = 2920 19 iterations took as
-    #: long as a Woodbury downdate with 8x their flops; at P = 970, in cache, 3x less than Cholesky).
+    #: Bytes of the largest layer output per Jacobian chunk of a request, times its C vector-Jacobian
+    #: slots: small enough to stay in cache while the slots' backward passes sweep over it (on the
+    #: 32x32 synthetic-faces CNN, 8 samples x 40 slots per chunk took 1.3x the CPU time of 1-2 samples).
+    FORGET_CHUNK_BYTES = 8 * 2**20
+    #: A P x P float64 factor up to this size stays in cache across CG iterations: a request then runs
+    #: CG with Q and Q^T around its rows; a larger one is streamed from memory by every product, so the
+    #: request forms :math:`E = UQ` once (:func:`_rotate_rows`) and iterates on it.
     CG_CACHE_BYTES = 16 * 2**20
-    CG_MEMORY_PENALTY = 8.0
-    #: Formats :meth:`load` reads (version 1: linearised at w0, identity weighting).
-    _READABLE_FORMATS = ("privkit.ntk_state/1", FORMAT)
+    #: Formats :meth:`load` reads (version 1: linearised at w0, identity weighting; version 2: one
+    #: checksum over the whole file; version 3: a checksum per tensor, so a request reads what it uses).
+    _READABLE_FORMATS = ("privkit.ntk_state/1", "privkit.ntk_state/2", FORMAT)
     _METADATA_KEY = "privkit_ntk_state"
+    #: Tensors a request does not need (``gram``: the upkeep and the Cholesky path; ``removed_jacobian``:
+    #: the upkeep) or that are P x P: read from the file on first use, not when it is opened.
+    _LAZY_TENSORS = ("gram", "eigvecs", "removed_jacobian", "removed_eig")
+
+    gram_ = _lazy_tensor("gram", "The Gram matrix :math:`J^TWJ` over the current data set.")
+    eigvecs_ = _lazy_tensor("eigvecs", "Eigenvectors Q of the Gram matrix at the last factorisation.")
+    removed_jacobian_ = _lazy_tensor("removed_jacobian", "Rows removed since the last factorisation (m, P).")
+    removed_eig_ = _lazy_tensor("removed_eig", "The removed rows in the eigenbasis, ``removed_jacobian_ @ Q``.")
 
     def __init__(self, params: str = "all", weight_decay: float = 5e-4, loss: str = "ce",
                  lambda_scaling: str = "per-set", chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -1045,6 +1275,7 @@ class NTKState:
         gram, jtr = _normal_equations(model, point, x, y, self.loss, self.chunk_size,
                                       self.jacobian_mode, self.weighting, norm_bound)
         t_factor = time.perf_counter()
+        self.__dict__.pop("_source", None)
         self.jacobian_sq_norm_ = norm_bound.get("value")
         self.param_names_ = list(point)
         self.param_shapes_ = [list(p.shape) for p in point.values()]
@@ -1057,7 +1288,7 @@ class NTKState:
         self.n_classes_ = n_classes
         self._factor()
         lam = self._lambda(self.n_samples_)
-        self.delta_ = self._solve(self._rhs(self.jtr_, lam), lam, self.removed_jacobian_, "woodbury")[0]
+        self.delta_ = self._solve_rotated(self._rhs(self.jtr_, lam), lam, self.removed_eig_, "woodbury")[0]
         t_end = time.perf_counter()
         self.one_off_seconds_ = {"jacobian": t_factor - t_start, "factor": t_end - t_factor,
                                  "total": t_end - t_start}
@@ -1069,6 +1300,11 @@ class NTKState:
         # G is PSD; round-off can make tiny eigenvalues slightly negative.
         self.eigvals_.clamp_(min=0.0)
         self.removed_jacobian_ = torch.zeros(0, self.gram_.shape[0], dtype=SOLVE_DTYPE)
+        self.removed_eig_ = torch.zeros(0, self.gram_.shape[0], dtype=SOLVE_DTYPE)
+
+    def _derive_removed_eig(self) -> Tensor:
+        """The removed rows in the eigenbasis, for a state saved without them (format 1 or 2)."""
+        return self.removed_jacobian_ @ self.eigvecs_
 
     def refactor(self) -> float:
         """Re-factorise the current Gram matrix (clears the removed rows); returns seconds."""
@@ -1089,44 +1325,44 @@ class NTKState:
         return jtr - lam * (self.point_ - self.w0_)
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "gram_"):
+        # not hasattr(self, "gram_"): on a state opened from a file that would read G
+        if "w0_" not in self.__dict__:
             raise ConfigError("this NTKState is not fitted; call fit(model, w0, x, y) or load()")
 
     # ---- per request -----------------------------------------------------------------------
 
-    def _solve_cg(self, rhs: Tensor, lam: float, removed: Tensor, max_iter: int) -> tuple[Tensor | None, int]:
-        """Preconditioned conjugate gradients for :math:`A_r z = \\mathrm{rhs}`; ``(z or None, iterations)``.
+    def _solve_cg(self, target: Tensor, lam: float, downdate: Callable[[Tensor], Tensor],
+                  max_iter: int) -> tuple[Tensor | None, int]:
+        """Preconditioned conjugate gradients in the eigenbasis; ``(z_hat or None, iterations)``.
 
-        The preconditioner is the kept factor itself, :math:`B^{-1} = Q(\\Lambda + \\lambda)^{-1}Q^T`,
-        and the iteration runs in the eigen-coordinates :math:`\\hat z = Q^Tz`, where
-        :math:`B` is the diagonal :math:`\\Lambda + \\lambda` and
-        :math:`\\hat A = (\\Lambda + \\lambda) - Q^TU^TUQ`: one product costs
-        :math:`4P^2 + 4mP` flops, against :math:`2mP^2` to form :math:`UQ` for Woodbury. The
-        preconditioned matrix is :math:`I - (UB^{-1/2})^T(UB^{-1/2})`, whose eigenvalues are 1
-        except for at most m of them in (0, 1]; forget rows that are small next to the rest of
-        the data keep them away from 0, and CG then converges in a few dozen iterations (9-17 on the
-        Fast-NTK benchmark requests). Stops when the preconditioned
-        residual :math:`\\lVert r\\rVert_{B^{-1}}` is below ``CG_TOL`` times
-        :math:`\\lVert \\mathrm{rhs}\\rVert_{B^{-1}}`; returns ``None`` when ``max_iter`` is reached
-        first (the caller then solves directly).
+        Solves :math:`\\hat A\\hat z = \\hat b` for :math:`\\hat b` = ``target`` :math:`= Q^T\\mathrm{rhs}`
+        with :math:`\\hat A = (\\Lambda + \\lambda) - E^TE`, :math:`E = UQ`, where ``downdate(v)`` applies
+        :math:`E^TEv`; the caller returns :math:`z = Q\\hat z`. The preconditioner is the kept factor
+        itself, :math:`B^{-1} = (\\Lambda + \\lambda)^{-1}` (diagonal here). With :math:`E` formed
+        (:func:`_rotate_rows`) one product costs :math:`4mP` flops, without it :math:`4P^2 + 4mP`
+        (:math:`Q` and :math:`Q^T` around the rows), against :math:`2m^2P` for the Woodbury
+        capacitance. The preconditioned matrix is :math:`I - (UB^{-1/2})^T(UB^{-1/2})`, whose
+        eigenvalues are 1 except for at most m of them in (0, 1]; forget rows that are small next to
+        the rest of the data keep them away from 0, and CG then converges in a few dozen iterations
+        (9-19 on the Fast-NTK benchmark requests). Stops when the preconditioned residual
+        :math:`\\lVert r\\rVert_{B^{-1}}` is below ``CG_TOL`` times :math:`\\lVert \\hat b\\rVert_{B^{-1}}`;
+        returns ``None`` when ``max_iter`` is reached first (the caller then solves directly).
         """
         diag = self.eigvals_ + lam
-        basis = self.eigvecs_
 
         def apply(v: Tensor) -> Tensor:
-            return diag * v - basis.T @ (removed.T @ (removed @ (basis @ v)))
+            return diag * v - downdate(v)
 
-        target = basis.T @ rhs
         solution = target / diag                                     # B^-1 rhs: the Woodbury start
         # B solution = target, so the residual is only the downdate's part
-        res = basis.T @ (removed.T @ (removed @ (basis @ solution)))
+        res = downdate(solution)
         pre = res / diag
         direction = pre.clone()
         res_pre = float(res @ pre)
         stop = (self.CG_TOL ** 2) * float(target @ (target / diag))
         for iteration in range(max_iter + 1):
             if res_pre <= stop:
-                return basis @ solution, iteration
+                return solution, iteration
             if iteration == max_iter:
                 break
             applied = apply(direction)
@@ -1142,62 +1378,97 @@ class NTKState:
         return None, max_iter
 
     def _solve(self, rhs: Tensor, lam: float, removed: Tensor, method: str) -> tuple[Tensor, str]:
-        """Solve :math:`(Q\\Lambda Q^T - U^TU + \\lambda I) z = \\mathrm{rhs}` with U = ``removed``.
+        """Solve :math:`(Q\\Lambda Q^T - U^TU + \\lambda I) z = \\mathrm{rhs}` with U = ``removed`` (dense rows).
 
-        ``auto`` tries preconditioned CG (:meth:`_solve_cg`) for at most half the cost of the
-        direct solve it would otherwise pick (Woodbury when :math:`3m < P`, else Cholesky of the
+        ``removed`` holds the rows already committed since the factorisation (``removed_jacobian_``)
+        followed by new ones (:meth:`_solve_downdate`).
+        """
+        n_committed = self.removed_jacobian_.shape[0]
+        return self._solve_downdate(rhs, lam, removed[n_committed:], None, None, method)[:2]
+
+    def _solve_rotated(self, rhs: Tensor, lam: float, rotated: Tensor, method: str,
+                       pending: Tensor | None = None) -> tuple[Tensor, str]:
+        """:meth:`_solve_downdate` for the committed rows plus new ones given as :math:`E = UQ` only."""
+        n_committed = self.removed_eig_.shape[0]
+        new_rows = pending if pending is not None else rotated.new_zeros(0, rotated.shape[1])
+        return self._solve_downdate(rhs, lam, new_rows, rotated[n_committed:], None, method)[:2]
+
+    def _solve_downdate(self, rhs: Tensor, lam: float, new_rows: Tensor, new_rotated: Tensor | None,
+                        rotate: Callable[[], Tensor] | None, method: str) -> tuple[Tensor, str, Tensor | None]:
+        """Solve :math:`(Q\\Lambda Q^T - U^TU + \\lambda I) z = \\mathrm{rhs}`; ``(z, method used, E or None)``.
+
+        U is the rows committed since the factorisation (kept in the eigenbasis, ``removed_eig_``)
+        followed by ``new_rows`` (dense, not yet subtracted from ``gram_``); ``new_rotated`` is
+        ``new_rows @ Q`` when the caller formed it, else ``rotate()`` forms it when needed (default: the
+        dense product). ``auto`` tries preconditioned CG (:meth:`_solve_cg`) for at most half the cost
+        of the direct solve it would otherwise pick (Woodbury when :math:`3m < P`, else Cholesky of the
         downdated system), when that buys at least ``CG_MIN_ITERATIONS``, then falls back to that
-        direct solve; ``cg`` always tries it first.
+        direct solve; ``cg`` always tries it first. The third value is :math:`E` for all of U when it
+        was formed (for the caller's commit), else ``None``.
         """
         n_params = rhs.shape[0]
-        n_rows = removed.shape[0]
+        committed = self.removed_eig_
+        n_rows = committed.shape[0] + new_rows.shape[0]
         direct = "woodbury" if 3 * n_rows < n_params else "cholesky"
+        if method not in ("auto", "cg", "woodbury", "cholesky"):
+            raise ConfigError(f"unknown downdate method {method!r}; choose 'auto', 'cg', 'woodbury' "
+                              "or 'cholesky'")
+        basis = self.eigvecs_
+
+        def rotated_all() -> Tensor:
+            nonlocal new_rotated
+            if new_rotated is None:
+                new_rotated = rotate() if rotate is not None else new_rows @ basis
+            return torch.cat([committed, new_rotated]) if committed.shape[0] else new_rotated
+
         if method in ("auto", "cg") and n_rows > 0:
-            direct_flops = 2.0 * n_rows * n_params ** 2 + (2.0 * n_rows ** 2 * n_params + n_rows ** 3 / 3
-                                                           if direct == "woodbury" else n_params ** 3 / 3)
-            iteration_flops = 4.0 * n_params ** 2 + 4.0 * n_rows * n_params
-            if 8 * n_params ** 2 > self.CG_CACHE_BYTES:
-                # matrix-vector products stream the P x P factor from memory: far slower per flop
-                # than the direct solve's matrix-matrix products
-                iteration_flops *= self.CG_MEMORY_PENALTY
+            # Woodbury costs its capacitance E B^-1 E^T (and forming E, if not formed yet); Cholesky the
+            # P^3 / 3 factorisation of G - U^T U plus the 2 m P^2 product that forms it
+            to_form = 0.0 if new_rotated is not None else 2.0 * new_rows.shape[0] * n_params ** 2
+            direct_flops = to_form + (2.0 * n_rows ** 2 * n_params + n_rows ** 3 / 3 if direct == "woodbury"
+                                      else n_params ** 3 / 3 + 2.0 * new_rows.shape[0] * n_params ** 2)
+            if new_rotated is not None:
+                everything = rotated_all()
+                downdate = lambda v: everything.T @ (everything @ v)  # noqa: E731
+                iteration_flops = 4.0 * n_rows * n_params + 6.0 * n_params
+            else:
+                # without E: Q and Q^T around the new rows, fine while Q stays in cache (the caller's choice)
+                downdate = lambda v: (committed.T @ (committed @ v)  # noqa: E731
+                                      + basis.T @ (new_rows.T @ (new_rows @ (basis @ v))))
+                iteration_flops = 4.0 * n_params ** 2 + 4.0 * n_rows * n_params
             budget = int(0.5 * direct_flops / iteration_flops)
             if budget >= self.CG_MIN_ITERATIONS or method == "cg":
                 # in exact arithmetic CG ends within m + 1 iterations: I - (UB^-1/2)^T (UB^-1/2) has at
                 # most m + 1 distinct eigenvalues; an explicit "cg" gets that many (plus slack for round-off)
                 limit = n_rows + 10 if method == "cg" else min(budget, n_rows + 10)
-                solution, iterations = self._solve_cg(rhs, lam, removed, limit)
+                solution, iterations = self._solve_cg(basis.T @ rhs, lam, downdate, limit)
                 self.last_cg_iterations_ = iterations
                 if solution is not None:
-                    return solution, "cg"
+                    return basis @ solution, "cg", (rotated_all() if new_rotated is not None else None)
             method = direct
         if method in ("auto", "cg"):
             method = direct
         if method == "cholesky":
-            # gram_ is Q Lambda Q^T - (rows already committed); subtract only uncommitted rows.
-            pending = removed[self.removed_jacobian_.shape[0]:]
+            # gram_ is Q Lambda Q^T - (rows already committed); subtract only the new ones
             system = _with_ridge(self.gram_, lam)
-            system.addmm_(pending.T, pending, alpha=-1.0)
-            return _spd_solve(system, rhs), "cholesky"
-        if method != "woodbury":
-            raise ConfigError(f"unknown downdate method {method!r}; choose 'auto', 'cg', 'woodbury' "
-                              "or 'cholesky'")
+            if new_rows.shape[0]:
+                system.addmm_(new_rows.T, new_rows, alpha=-1.0)
+            return _spd_solve(system, rhs), "cholesky", (rotated_all() if new_rotated is not None else None)
         inv_diag = 1.0 / (self.eigvals_ + lam)
-        basis = self.eigvecs_
         rhs_eig = basis.T @ rhs
-        solution = basis @ (inv_diag * rhs_eig)                       # B^-1 rhs
-        if removed.shape[0] == 0:
-            return solution, "woodbury"
-        removed_eig = removed @ basis                                  # U Q
-        capacitance = -(removed_eig * inv_diag) @ removed_eig.T        # -(U B^-1 U^T)
+        solution = inv_diag * rhs_eig                                  # B^-1 rhs, in the eigenbasis
+        if n_rows == 0:
+            return basis @ solution, "woodbury", committed
+        everything = rotated_all()
+        capacitance = -(everything * inv_diag) @ everything.T          # -(U B^-1 U^T)
         capacitance.diagonal().add_(1.0)                               # I - U B^-1 U^T
         factor, info = torch.linalg.cholesky_ex(capacitance)
         if int(info) != 0:
             # I - U B^-1 U^T is positive definite in exact arithmetic (A_r is); if round-off
             # broke that, the direct factorisation is the safe answer.
-            return self._solve(rhs, lam, removed, "cholesky")
-        coeff = torch.cholesky_solve((removed_eig @ (inv_diag * rhs_eig)).unsqueeze(1),
-                                     factor).squeeze(1)
-        return solution + basis @ (inv_diag * (removed_eig.T @ coeff)), "woodbury"
+            return self._solve_downdate(rhs, lam, new_rows, new_rotated, rotate, "cholesky")
+        coeff = torch.cholesky_solve((everything @ solution).unsqueeze(1), factor).squeeze(1)
+        return basis @ (solution + inv_diag * (everything.T @ coeff)), "woodbury", everything
 
     def forget_jacobian(self, jac_forget: Tensor, res_forget: Tensor, n_forget: int,
                         method: str = "auto", commit: bool = True,
@@ -1214,8 +1485,10 @@ class NTKState:
                               method, commit)
 
     def _downdate(self, jac_forget: Tensor, jtr_forget: Tensor, n_forget: int, method: str,
-                  commit: bool) -> tuple[Tensor, Tensor, dict]:
-        """:meth:`forget_jacobian` given the Gram rows and :math:`J_f^Tr_f`."""
+                  commit: bool, rotated: Tensor | None = None,
+                  rotate: Callable[[], Tensor] | None = None) -> tuple[Tensor, Tensor, dict]:
+        """:meth:`forget_jacobian` given the Gram rows, :math:`J_f^Tr_f` and optionally their :math:`UQ`
+        (``rotated``, or ``rotate()`` to form it when needed)."""
         self._check_fitted()
         if n_forget < 1:
             raise ConfigError("the forget set is empty; select at least one sample to forget")
@@ -1227,26 +1500,43 @@ class NTKState:
         n_retain = self.n_samples_ - n_forget
         lam_retain = self._lambda(n_retain)
         jtr_retain = self.jtr_ - jtr_forget.to(SOLVE_DTYPE)
-        removed = torch.cat([self.removed_jacobian_, jac_forget])
-        delta_retain, used = self._solve(self._rhs(jtr_retain, lam_retain), lam_retain, removed, method)
+        delta_retain, used, rotated_all = self._solve_downdate(self._rhs(jtr_retain, lam_retain), lam_retain,
+                                                               jac_forget, rotated, rotate, method)
         delta = delta_retain - self.delta_
         t_solve = time.perf_counter()
         refactor_seconds = 0.0
+        n_removed = self.removed_eig_.shape[0] + jac_forget.shape[0]
         if commit:
+            if rotated_all is None:
+                new = rotate() if rotate is not None else jac_forget @ self.eigvecs_
+                rotated_all = torch.cat([self.removed_eig_, new]) if self.removed_eig_.shape[0] else new
             self.gram_.addmm_(jac_forget.T, jac_forget, alpha=-1.0)
             self.jtr_ = jtr_retain
             self.n_samples_ = n_retain
             self.delta_ = delta_retain
-            self.removed_jacobian_ = removed
+            self.removed_jacobian_ = torch.cat([self.removed_jacobian_, jac_forget])
+            self.removed_eig_ = rotated_all
             self.n_requests_ += 1
-            if 3 * removed.shape[0] >= removed.shape[1]:
+            if 3 * n_removed >= jac_forget.shape[1]:
                 refactor_seconds = self.refactor()
         info = {"downdate": used, "cg_iterations": getattr(self, "last_cg_iterations_", None) if used == "cg" else None,
                 "solve": t_solve - t_start, "commit": time.perf_counter() -
                 t_solve - refactor_seconds, "refactor": refactor_seconds,
-                "rows_removed_since_factor": int(removed.shape[0]),
+                "rows_removed_since_factor": int(n_removed),
                 "lambda_full": self._lambda(n_retain + n_forget), "lambda_retain": lam_retain}
         return delta, delta_retain, info
+
+    def _read_request_tensors(self) -> None:
+        """Read what a request uses of a state opened from a file: Q and the removed rows in its basis."""
+        for name in ("eigvecs_", "removed_eig_"):
+            getattr(self, name)
+
+    def _forget_chunk_size(self, model: nn.Module, point: Mapping[str, Tensor], sample: Tensor) -> int:
+        """Samples per Jacobian chunk of a request: ``chunk_size`` or fewer (``FORGET_CHUNK_BYTES``)."""
+        largest = activation_footprint(model, point, sample[:1])["largest"]
+        if largest <= 0:
+            return self.chunk_size
+        return max(1, min(self.chunk_size, self.FORGET_CHUNK_BYTES // (max(self.n_classes_, 1) * largest)))
 
     def forget(self, model: nn.Module, forget_x: Tensor, forget_y: Tensor,
                scale: float | str = 1.0, method: str = "auto", commit: bool = True,
@@ -1255,7 +1545,7 @@ class NTKState:
 
         With ``weighting="ggn"`` the forget rows are :math:`\\Lambda_i^{1/2}U_i^TJ_i` for the
         eigen-directions of :math:`W_i = \\mathrm{diag}(p_i) - p_ip_i^T` that matter, each one a
-        vector-Jacobian product (:func:`_forget_terms`): :math:`W_i` has rank at most C - 1 and
+        vector-Jacobian product (:func:`_forget_rows`): :math:`W_i` has rank at most C - 1 and
         directions with small eigenvalues add almost nothing to the downdate. ``rank_tol``
         bounds what dropping them may change. Dropped directions leave a PSD remainder
         :math:`E` in the downdated system, :math:`A_r' = A_r + E`, and
@@ -1278,8 +1568,9 @@ class NTKState:
         \\lVert\\delta_r' - \\delta_D\\rVert`.
 
         Returns the updated model (a copy unless ``inplace``) and an info dict whose
-        ``per_request`` timings (``jacobian``, ``solve``, ``total``) are separate from the
-        ``one_off`` timings of :meth:`fit`.
+        ``per_request`` timings (``load``: reading and checking the factor of a state opened from a
+        file; ``jacobian``; ``solve``, which includes ``rotate``, forming :math:`UQ` by
+        :func:`_rotate_rows`; ``total``) are separate from the ``one_off`` timings of :meth:`fit`.
         """
         self._check_fitted()
         t_start = time.perf_counter()
@@ -1303,19 +1594,36 @@ class NTKState:
         point = {n: t.to(selected[n].dtype) for n, t in
                  unflatten_parameters(self.point_, selected).items()}
         n_forget = int(forget_x.shape[0])
+        # what the downdate reads from a state opened from a file (the factor Q, the rows removed since
+        # it, in its basis), read and checked against their checksums here, on the request's clock
+        t_load = time.perf_counter()
+        self._read_request_tensors()
+        t_loaded = time.perf_counter()
         sq_norm = getattr(self, "jacobian_sq_norm_", None)
         drop_budget = 0.0
         if rank_tol > 0 and sq_norm and n_forget < self.n_samples_:
             drop_budget = rank_tol * self._lambda(self.n_samples_ - n_forget) / (n_forget * sq_norm)
-        gram_rows, jtr_f, n_classes = _forget_terms(model, point, forget_x, forget_y, self.loss,
-                                                    self.chunk_size, self.jacobian_mode, self.weighting,
-                                                    drop_budget)
+        rows, jtr_f, n_classes, source_dtype = _forget_rows(
+            model, point, forget_x, forget_y, self.loss, self._forget_chunk_size(model, point, forget_x),
+            self.jacobian_mode, self.weighting, drop_budget)
         if n_classes != self.n_classes_:
             raise ArtifactError(f"model has {n_classes} classes but "
                                 f"the NTK state has {self.n_classes_}; rebuild the state")
         t_solve = time.perf_counter()
+        flat = rows.reshape(-1, rows.shape[-1])
+        kept = _nonzero_rows(flat)
+        gram_rows = flat[kept]
+
+        def rotate() -> Tensor:
+            return _rotate_rows(rows, self.eigvecs_, self.param_shapes_, source_dtype)[kept]
+
+        # E = UQ up front unless Q stays in cache: then CG applies Q and Q^T around the rows per
+        # iteration, cheaper than forming E for the few iterations it takes (P = 970: 17 iterations)
+        n_params = flat.shape[1]
+        rotated = rotate() if 8 * n_params * n_params > self.CG_CACHE_BYTES else None
+        t_rotated = time.perf_counter()
         delta, delta_retain, solve_info = self._downdate(gram_rows, jtr_f, forget_x.shape[0],
-                                                         method, commit)
+                                                         method, commit, rotated=rotated, rotate=rotate)
         w_trained = flatten_parameters(selected, SOLVE_DTYPE)
         step = (trapezium_scale(delta, w_trained, self.point_ + delta_retain)
                 if scale == "trapezium" else float(scale))
@@ -1343,7 +1651,10 @@ class NTKState:
                                     else 0.0),
             "timings": {
                 "one_off": dict(self.one_off_seconds_),
-                "per_request": {"jacobian": t_solve - t_start, "solve": solve_info["solve"],
+                "per_request": {"load": t_loaded - t_load,
+                                "jacobian": t_solve - t_start - (t_loaded - t_load),
+                                "rotate": t_rotated - t_solve,
+                                "solve": t_rotated - t_solve + solve_info["solve"],
                                 "refactor": solve_info["refactor"], "total": t_end - t_start},
             },
         }
@@ -1352,11 +1663,21 @@ class NTKState:
     # ---- persistence -----------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the state to one safetensors file; hyperparameters go in its JSON metadata."""
+        """Write the state to one safetensors file; hyperparameters go in its JSON metadata.
+
+        The metadata also lists the SHA-256 of every tensor (``tensor_sha256``), so the file's
+        header (:func:`read_safetensors_header`) authenticates all of it and a reader can check just
+        the tensors it reads (:meth:`open`).
+        """
         from safetensors.torch import save_file
 
         self._check_fitted()
         path = Path(path)
+        tensors = {"w0": self.w0_, "point": self.point_, "gram": self.gram_, "jtr": self.jtr_,
+                   "eigvals": self.eigvals_, "eigvecs": self.eigvecs_,
+                   "removed_jacobian": self.removed_jacobian_, "removed_eig": self.removed_eig_,
+                   "delta": self.delta_}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {
             "format": self.FORMAT,
             "hyperparameters": {"params": self.params, "weight_decay": self.weight_decay,
@@ -1368,48 +1689,21 @@ class NTKState:
             "n_classes": self.n_classes_, "n_requests": self.n_requests_,
             "one_off_seconds": self.one_off_seconds_,
             "jacobian_sq_norm": getattr(self, "jacobian_sq_norm_", None),
+            "tensor_sha256": {k: _tensor_sha256(v) for k, v in tensors.items()},
         }
-        tensors = {"w0": self.w0_, "point": self.point_, "gram": self.gram_, "jtr": self.jtr_,
-                   "eigvals": self.eigvals_, "eigvecs": self.eigvecs_,
-                   "removed_jacobian": self.removed_jacobian_, "delta": self.delta_}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path),
-                      metadata={self._METADATA_KEY: json.dumps(meta)})
+            save_file(tensors, str(path), metadata={self._METADATA_KEY: json.dumps(meta)})
         except OSError as exc:
             raise ResourceError(f"cannot write the NTK state to {path}: {exc.strerror}; "
                                 "choose a writable --out directory") from exc
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, raw: bytes | None = None) -> NTKState:
-        """Read a state written by :meth:`save` (safetensors + JSON metadata; no pickle).
-
-        ``raw``: the file's bytes when the caller has read them already (to check a checksum),
-        so a deletion request reads the state once.
-        """
-        from safetensors import SafetensorError
-        from safetensors.torch import load as load_bytes
-        from safetensors.torch import safe_open
-
-        path = Path(path)
-        if raw is None and not path.is_file():
-            raise ArtifactError(f"NTK state {path} does not exist; run the NTK fit step first")
+    def _from_meta(cls, path: Path, meta_text: str | None, tensor_names: set[str]) -> tuple[NTKState, dict]:
+        """A state with the hyperparameters and counts of the JSON metadata (tensors not set yet)."""
         try:
-            if raw is not None:
-                # safetensors layout: 8-byte little-endian header length, JSON header, data
-                header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")].decode("utf-8"))
-                raw_meta = (header.get("__metadata__") or {}).get(cls._METADATA_KEY)
-                tensors = load_bytes(raw)
-            else:
-                with safe_open(str(path), framework="pt") as handle:
-                    raw_meta = (handle.metadata() or {}).get(cls._METADATA_KEY)
-                    tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except (SafetensorError, OSError, ValueError, AttributeError) as exc:
-            raise ArtifactError(f"NTK state {path} is not a readable safetensors file ({exc}); "
-                                "rebuild it with NTKState.fit") from exc
-        try:
-            meta = json.loads(raw_meta) if raw_meta else None
+            meta = json.loads(meta_text) if meta_text else None
         except json.JSONDecodeError:
             meta = None
         if not isinstance(meta, dict) or meta.get("format") not in cls._READABLE_FORMATS:
@@ -1418,25 +1712,14 @@ class NTKState:
         needed = {"w0", "gram", "jtr", "eigvals", "eigvecs", "removed_jacobian", "delta"}
         if meta["format"] != "privkit.ntk_state/1":
             needed.add("point")  # only format 1 may omit it (it was always linearised at w0)
-        if needed - set(tensors):
-            raise ArtifactError(f"NTK state {path} lacks {sorted(needed - set(tensors))}; "
+        if meta["format"] == cls.FORMAT:
+            needed.add("removed_eig")
+        if needed - tensor_names:
+            raise ArtifactError(f"NTK state {path} lacks {sorted(needed - tensor_names)}; "
                                 "rebuild it with NTKState.fit")
-        n_params = tensors["w0"].numel()
-        if (tensors["gram"].shape != (n_params, n_params)
-                or tensors["eigvecs"].shape != (n_params, n_params)
-                or sum(math.prod(s) for s in meta["param_shapes"]) != n_params):
-            raise ArtifactError(f"NTK state {path} has inconsistent shapes; rebuild it")
         state = cls(**meta["hyperparameters"])
         state.param_names_ = list(meta["param_names"])
         state.param_shapes_ = [list(s) for s in meta["param_shapes"]]
-        state.w0_, state.gram_, state.jtr_ = tensors["w0"], tensors["gram"], tensors["jtr"]
-        # format 1 was always linearised at w0
-        state.point_ = tensors.get("point", state.w0_.clone())
-        if state.point_.shape != state.w0_.shape:
-            raise ArtifactError(f"NTK state {path} has inconsistent shapes; rebuild it")
-        state.eigvals_, state.eigvecs_ = tensors["eigvals"], tensors["eigvecs"]
-        state.removed_jacobian_ = tensors["removed_jacobian"].reshape(-1, n_params)
-        state.delta_ = tensors["delta"]
         state.n_samples_ = int(meta["n_samples"])
         state.n_fit_samples_ = int(meta["n_fit_samples"])
         state.n_classes_ = int(meta["n_classes"])
@@ -1445,4 +1728,86 @@ class NTKState:
         # absent in states saved before it was recorded: their requests keep every direction
         bound = meta.get("jacobian_sq_norm")
         state.jacobian_sq_norm_ = float(bound) if isinstance(bound, (int, float)) and bound > 0 else None
+        return state, meta
+
+    def _check_shapes(self, path: Path, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        n_params = math.prod(shapes["w0"])
+        square = (n_params, n_params)
+        if (len(shapes["w0"]) != 1 or tuple(shapes["gram"]) != square or tuple(shapes["eigvecs"]) != square
+                or sum(math.prod(s) for s in self.param_shapes_) != n_params
+                or any(tuple(shapes[k]) != (n_params,) for k in ("point", "jtr", "eigvals", "delta") if k in shapes)
+                or any(len(shapes[k]) != 2 or shapes[k][1] != n_params
+                       for k in ("removed_jacobian", "removed_eig") if k in shapes and math.prod(shapes[k]))):
+            raise ArtifactError(f"NTK state {path} has inconsistent shapes; rebuild it")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, header: tuple[bytes, dict] | None = None) -> NTKState:
+        """Open a format-3 state: read its P-length tensors now, the rest when first used.
+
+        ``header``: ``(raw, parsed)`` from :func:`read_safetensors_header` when the caller has checked
+        the raw header against a checksum (``meta.json``); the header lists every tensor's SHA-256 and
+        each tensor is checked against it when it is read (:class:`_StateFile`), so a request reads and
+        hashes the P x P factor it uses, not the Gram matrix it does not (which the upkeep reads).
+        """
+        path = Path(path)
+        raw, parsed = header if header is not None else read_safetensors_header(path)
+        meta_text = (parsed.get("__metadata__") or {}).get(cls._METADATA_KEY)
+        names = {k for k in parsed if k != "__metadata__"}
+        state, meta = cls._from_meta(path, meta_text, names)
+        digests = meta.get("tensor_sha256")
+        if meta["format"] != cls.FORMAT or not isinstance(digests, dict) or set(digests) != names:
+            raise ArtifactError(f"NTK state {path} has no checksum per tensor (format {meta['format']}); "
+                                "read it with NTKState.load, or refit it with `privkit train --peft`")
+        try:
+            shapes = {k: tuple(int(d) for d in parsed[k]["shape"]) for k in names}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"NTK state {path} has a malformed header; rebuild it") from exc
+        state._check_shapes(path, shapes)
+        source = _StateFile(path, len(raw) - 8, parsed, digests)
+        state._source = source
+        for name in ("w0", "point", "jtr", "eigvals", "delta"):
+            setattr(state, f"{name}_", source.read(name))
+        return state
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, raw: bytes | None = None) -> NTKState:
+        """Read a state written by :meth:`save` (safetensors + JSON metadata; no pickle).
+
+        ``raw``: the file's bytes when the caller has read them already (to check a checksum),
+        so a deletion request reads the state once. Without ``raw`` a format-3 file is opened with
+        :meth:`open` (tensors read and checked against the header's checksums when used).
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_bytes
+
+        path = Path(path)
+        if raw is None:
+            header = read_safetensors_header(path)
+            try:
+                meta = json.loads((header[1].get("__metadata__") or {}).get(cls._METADATA_KEY) or "null")
+            except json.JSONDecodeError:
+                meta = None  # _from_meta below refuses it with the usual message
+            if isinstance(meta, dict) and meta.get("format") == cls.FORMAT:
+                return cls.open(path, header)
+            raw = path.read_bytes()
+        try:
+            # safetensors layout: 8-byte little-endian header length, JSON header, data
+            header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")].decode("utf-8"))
+            raw_meta = (header.get("__metadata__") or {}).get(cls._METADATA_KEY)
+            tensors = load_bytes(raw)
+        except (SafetensorError, OSError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"NTK state {path} is not a readable safetensors file ({exc}); "
+                                "rebuild it with NTKState.fit") from exc
+        state, _ = cls._from_meta(path, raw_meta, set(tensors))
+        if "point" not in tensors:
+            tensors["point"] = tensors["w0"].clone()  # format 1 was always linearised at w0
+        state._check_shapes(path, {k: tuple(v.shape) for k, v in tensors.items()})
+        n_params = tensors["w0"].numel()
+        state.w0_, state.gram_, state.jtr_ = tensors["w0"], tensors["gram"], tensors["jtr"]
+        state.point_ = tensors["point"]
+        state.eigvals_, state.eigvecs_ = tensors["eigvals"], tensors["eigvecs"]
+        state.removed_jacobian_ = tensors["removed_jacobian"].reshape(-1, n_params)
+        if "removed_eig" in tensors:
+            state.removed_eig_ = tensors["removed_eig"].reshape(-1, n_params)
+        state.delta_ = tensors["delta"]
         return state

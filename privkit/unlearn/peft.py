@@ -32,7 +32,8 @@ The pretrained PEFT values :math:`w_0` are saved beside the weights in ``w0.safe
    cross-entropy residual, Gauss-Newton weighting :math:`W = \mathrm{diag}(p) - pp^T`,
    :math:`\lambda_S = |S|\,\lambda`): :math:`G = J_D^TWJ_D`, :math:`b = J_D^Tr_D` and the
    eigendecomposition of :math:`G`. It is saved
-   as ``ntk_state.safetensors``; ``meta.json`` records ``ntk_state_sha256``,
+   as ``ntk_state.safetensors``; ``meta.json`` records ``ntk_state_sha256`` (the SHA-256 of the
+   file's header, which lists the SHA-256 of every tensor, so a request checks just what it reads),
    ``ntk_state_data_fingerprint`` (the samples it covers) and ``ntk_state_fit_seconds`` (the
    one-off cost). A deletion request then needs only the forget set's Jacobians and a downdate
    (:meth:`~privkit.unlearn.ntk.NTKState.forget`); see :mod:`privkit.unlearn.methods_ntk`.
@@ -197,11 +198,18 @@ def fit_ntk_state(model: nn.Module, w0: dict[str, torch.Tensor], dataset, target
 
 
 def save_ntk_state(folder: str | Path, state) -> str:
-    """Write ``ntk_state.safetensors`` into ``folder`` (write, then rename); return its SHA-256."""
+    """Write ``ntk_state.safetensors`` into ``folder`` (write, then rename); return its checksum.
+
+    The checksum (``ntk_state_sha256`` in ``meta.json``) is the SHA-256 of the file's safetensors
+    header, which lists the SHA-256 of every tensor (:meth:`~privkit.unlearn.ntk.NTKState.save`): it
+    authenticates the whole file, and a request can check only the tensors it reads.
+    """
+    from privkit.unlearn.ntk import read_safetensors_header
+
     folder = Path(folder)
     partial = folder / (NTK_STATE_FILE + ".partial")
     state.save(partial)
-    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    digest = hashlib.sha256(read_safetensors_header(partial)[0]).hexdigest()
     os.replace(partial, folder / NTK_STATE_FILE)
     return digest
 
@@ -216,12 +224,18 @@ def ntk_state_meta(state, sha256: str, data_fingerprint: str, fit_seconds: float
 def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None = None):
     """The kept NTK state of a run folder, verified; ``None`` when the run keeps none.
 
+    ``ntk_state_sha256`` is the SHA-256 of the file's header (format 3: the header lists every tensor's
+    SHA-256), so only the header and the P-length tensors are read here; the P x P ones are read and
+    checked when first used (the factor by the request, the Gram matrix by the upkeep), see
+    :meth:`~privkit.unlearn.ntk.NTKState.open`. A state whose checksum is that of the whole file (format
+    1 or 2, written before) is read and checked whole, as before.
+
     Raises :class:`~privkit.errors.ArtifactError` when ``meta.json`` names a state that is missing,
-    not a safetensors file, does not match ``ntk_state_sha256``, or (given ``data_fingerprint``)
-    covers other samples than the model's training data.
+    not a safetensors file, does not match ``ntk_state_sha256`` (now or, for a tensor, when it is read),
+    or (given ``data_fingerprint``) covers other samples than the model's training data.
     """
     from privkit.io.artifacts import verify_safetensors_file
-    from privkit.unlearn.ntk import NTKState
+    from privkit.unlearn.ntk import NTKState, read_safetensors_header
 
     if not meta.get("ntk_state_sha256"):
         return None
@@ -231,13 +245,17 @@ def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None 
                             f"the artifact was modified, re-create it")
     path = Path(folder) / name
     verify_safetensors_file(path)
-    raw = path.read_bytes()  # read once: the checksum and the tensors come from the same bytes
-    if hashlib.sha256(raw).hexdigest() != meta["ntk_state_sha256"]:
-        raise ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is "
-                            f"corrupt (delete ntk_state_* from meta.json to fall back to one-shot fast-ntk)")
     if data_fingerprint is not None and meta.get("ntk_state_data_fingerprint") != data_fingerprint:
         raise ArtifactError(f"{path} was fitted on other samples than the training data of this model; use the "
                             f"same --data and --size as `privkit train`, or re-create the run")
+    header = read_safetensors_header(path)
+    if hashlib.sha256(header[0]).hexdigest() == meta["ntk_state_sha256"]:
+        # open() refuses a header without a checksum per tensor: only such a header authenticates the data
+        return NTKState.open(path, header)
+    raw = path.read_bytes()  # a state checksummed whole (format 1 or 2): read once, checksum and tensors
+    if hashlib.sha256(raw).hexdigest() != meta["ntk_state_sha256"]:
+        raise ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is "
+                            f"corrupt (delete ntk_state_* from meta.json to fall back to one-shot fast-ntk)")
     return NTKState.load(path, raw=raw)
 
 

@@ -58,7 +58,16 @@ def test_state_is_kept_and_verifies(peft_run):
     root, ds = peft_run
     meta = json.loads((root / "peft" / "meta.json").read_text())
     path = root / "peft" / NTK_STATE_FILE
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == meta["ntk_state_sha256"]
+    # the checksum covers the file's header, which lists the SHA-256 of every tensor's bytes
+    raw = path.read_bytes()
+    header_length = int.from_bytes(raw[:8], "little")
+    assert hashlib.sha256(raw[:8 + header_length]).hexdigest() == meta["ntk_state_sha256"]
+    header = json.loads(raw[8:8 + header_length])
+    digests = json.loads(header["__metadata__"]["privkit_ntk_state"])["tensor_sha256"]
+    assert set(digests) == set(header) - {"__metadata__"}
+    for name, digest in digests.items():
+        begin, end = header[name]["data_offsets"]
+        assert hashlib.sha256(raw[8 + header_length + begin:8 + header_length + end]).hexdigest() == digest
     assert meta["ntk_state_data_fingerprint"] == meta["data_fingerprint"]  # fitted on the fine-tuning data
     assert meta["ntk_state_fit_seconds"] > 0
     assert json.loads((root / "peft" / "metrics.json").read_text())["ntk_state_fit_seconds"] == \
@@ -153,6 +162,26 @@ def test_unlearn_run_keeps_downdated_state_and_chains(peft_run, tmp_path, monkey
 def _copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.mark.parametrize("tensor", ["eigvecs", "gram"])
+def test_a_tampered_factor_read_inside_the_request_is_refused_by_the_cli(peft_run, tmp_path, tensor):
+    """The request reads Q (and the upkeep G) after the pre-flight check: still one line, exit 2, nothing kept."""
+    from privkit.unlearn.ntk import read_safetensors_header
+
+    root, _ = peft_run
+    bad = _copy_run(root / "peft", tmp_path / "flipped")
+    path = bad / NTK_STATE_FILE
+    raw_header, header = read_safetensors_header(path)
+    blob = bytearray(path.read_bytes())
+    blob[len(raw_header) + header[tensor]["data_offsets"][0] + 11] ^= 0x01
+    path.write_bytes(bytes(blob))
+    result = CliRunner().invoke(app, ["unlearn", "--model", str(bad), "--data", "digits", "--size", str(SIZE),
+                                      "--forget", "random=0.1", "--method", "fast-ntk",
+                                      "--out", str(tmp_path / "out")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and f"tensor '{tensor}'" in lines[0], result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_corrupted_or_mismatched_state_is_refused(peft_run, tmp_path):
