@@ -126,7 +126,8 @@ PEFT_SCENARIOS = {
 
 
 def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, requests: int | tuple[str, ...],
-                 data_options: dict | None = None, previous: bool = True, repeats: int = 1) -> list[list]:
+                 data_options: dict | None = None, previous: bool = True, repeats: int = 1,
+                 linearised: list | None = None) -> list[list]:
     """Fast-NTK per request vs retraining the same PEFT parameters with the same recipe.
 
     With ``repeats`` > 1 the retraining and both kept-state requests are timed that many times in
@@ -141,6 +142,10 @@ def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, req
     with ``kept_state="off"`` (Jacobians over all of D per request). With ``previous`` the paper's
     recipe, the default before issue #5's change (linearised at w0, identity weighting), also runs
     one-shot on the same request, so both avg_gaps come from the same models.
+
+    With ``linearised`` (a list) the run also keeps the linearised state and every request runs
+    ``fast-ntk step="linearised-ce"`` from it as well (timed ``repeats`` times in turn with the others);
+    its rows are appended to ``linearised`` for a table of their own.
     """
     import json
 
@@ -154,7 +159,7 @@ def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, req
     ds = load_dataset(data, **(data_options or {}))
     run = root / f"peft-{Path(data).name}"
     train_peft_run(ds, data, target, run, peft="bn", epochs=epochs, lr=1e-2, weight_decay=5e-4, seed=seed,
-                   progress=False)
+                   progress=False, keep_linearised_state=linearised is not None)
     one_off = json.loads((run / "meta.json").read_text())["ntk_state_fit_seconds"]
     rows = []
     forgets = PEFT_REQUESTS[:requests] if isinstance(requests, int) else requests
@@ -183,9 +188,17 @@ def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, req
         unlearn_run(run, data, forget, "fast-ntk", out, data_seed=0, seed=seed, dataset=ds, progress=False)
         costs = json.loads((out / "meta.json").read_text())["ntk_costs"]
         request_times = [json.loads((out / "metrics.json").read_text())["RTE"]]
+        lin_times: list[float] = []
+        lin_options = [({"step": "linearised-ce"}, lin_times)] if linearised is not None else []
+        lin_model, lin_info = None, None
+        if linearised is not None:
+            method = get_unlearner("fast-ntk", step="linearised-ce")
+            method.check(req.start_model, req.context)
+            lin_model, t_lin, lin_info = run_method(method, req)
+            lin_times.append(t_lin)
         for _ in range(repeats - 1):
             retrain_times.append(run_method(get_unlearner("retrain"), req)[1])
-            for options, times in (({"ggn_rank_tol": 0.0}, exact_times), ({}, request_times)):
+            for options, times in [({"ggn_rank_tol": 0.0}, exact_times), ({}, request_times)] + lin_options:
                 method = get_unlearner("fast-ntk", **options)
                 method.check(req.start_model, req.context)
                 times.append(run_method(method, req)[1])
@@ -206,6 +219,17 @@ def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, req
                      fmt(m_kept["UA"]), fmt(ref["UA"]), fmt(m_orig["avg_gap"]), fmt(gap_previous),
                      fmt(m_shot["avg_gap"]), fmt(m_kept["avg_gap"]), f"{os.getloadavg()[0]:.1f}"])
         print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
+        if linearised is not None:
+            m_lin = unlearning_metrics(lin_model, req.retain, req.forget, req.test, target, statistics.median(lin_times),
+                                       reference=ref, seed=seed)
+            ntk_lin = lin_info["ntk"]
+            t_lin = statistics.median(lin_times)
+            linearised.append([data, forget, ntk_lin["path"], ntk_lin.get("solve", "–"), ntk_lin.get("newton_iterations"),
+                               ntk_lin.get("cg_iterations"), fmt(t_retrain), fmt(t_request), fmt(t_lin),
+                               f"{min(lin_times):.2f}-{max(lin_times):.2f}" if repeats > 1 else "–",
+                               f"{t_retrain / t_lin:.1f}x", fmt(m_lin["UA"]), fmt(m_lin["RA"]), fmt(m_lin["TA"]),
+                               fmt(m_lin["MIA_efficacy"]), fmt(ref["UA"]), fmt(ref["RA"]), fmt(ref["TA"]),
+                               fmt(ref["MIA_efficacy"]), fmt(m_kept["avg_gap"]), fmt(m_lin["avg_gap"])])
     return rows
 
 
@@ -240,6 +264,8 @@ def main() -> None:
                    help="time retraining and each kept-state request this many times; report medians")
     p.add_argument("--peft-previous", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the previous fast-ntk recipe (linearised at w0, identity weighting) one-shot")
+    p.add_argument("--peft-linearised", action="store_true",
+                   help="also keep the linearised state and run fast-ntk step=linearised-ce on every PEFT request")
     p.add_argument("--orl", type=Path, default=DEFAULT_ORL)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -279,6 +305,7 @@ def main() -> None:
               "load (1 min) |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
               flush=True)
+        linearised = [] if args.peft_linearised else None
         for key in filter(None, args.peft_data.split(",")):
             sc = dict(PEFT_SCENARIOS[key])
             if key == "orl":
@@ -289,7 +316,17 @@ def main() -> None:
             requests = args.peft_requests if key == "digits" else sc["requests"]
             if requests:
                 peft_speedup(sc["data"], sc["target"], epochs, root, args.seed, requests, sc["data_options"],
-                             previous=args.peft_previous, repeats=max(1, args.peft_repeats))
+                             previous=args.peft_previous, repeats=max(1, args.peft_repeats), linearised=linearised)
+        if linearised:
+            print("\n### Fast-NTK step=linearised-ce (exact minimiser of the linearised cross-entropy) on the same "
+                  "requests\n")
+            print("| data | forget | path | solve | Newton it. | CG it. | retrain s | per-request s, newton (RTE) | "
+                  "per-request s, linearised-ce | range | speed-up linearised-ce | UA | RA | TA | MIA eff. | "
+                  "UA retrain | RA retrain | TA retrain | MIA eff. retrain | avg_gap newton (kept state) | "
+                  "avg_gap linearised-ce |")
+            print("|" + "---|" * 21)
+            for row in linearised:
+                print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
 
 
 if __name__ == "__main__":

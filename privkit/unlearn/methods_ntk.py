@@ -67,13 +67,16 @@ from privkit.unlearn.base import UnlearnContext, copy_model, fresh_model_like, r
 
 __all__ = ["NTKUnlearner", "FastNTKUnlearner", "fast_ntk_kind", "DEFAULT_NTK_CHUNK_SIZE", "NTK_STATE_LOSS",
            "NTK_STATE_LAMBDA_SCALING", "KEPT_STATE_MODES", "LINEARISE_MODES", "WEIGHTING_MODES",
-           "PEFT_DEFAULT_LINEARISE", "DEFAULT_WEIGHTING", "PendingStateCommit"]
+           "PEFT_DEFAULT_LINEARISE", "DEFAULT_WEIGHTING", "PendingStateCommit", "STEP_MODES"]
 
 #: Defaults of the methods below, which the state kept at training time is fitted with.
 DEFAULT_NTK_CHUNK_SIZE = 32
 NTK_STATE_LOSS = "ce"
 NTK_STATE_LAMBDA_SCALING = "per-set"  # lambda_S = |S| wd, as ntk_unlearn's default
 KEPT_STATE_MODES = ("auto", "off")
+#: ``step``: one Gauss-Newton step (the closed form), or the exact minimiser of the linearised cross-entropy
+#: (:mod:`privkit.unlearn.ntk_linearized`)
+STEP_MODES = ("newton", "linearised-ce")
 LINEARISE_MODES = ("auto", "pretrained", "trained", "init")
 WEIGHTING_MODES = ("auto", "identity", "ggn")
 #: What ``linearise="auto"`` means for a model trained with ``--peft`` (the kept state's recipe).
@@ -149,9 +152,11 @@ class _NTKBase:
 
     def __init__(self, scale: float | str = 1.0, weight_decay: float | None = None, solver: str = "auto",
                  chunk_size: int = DEFAULT_NTK_CHUNK_SIZE, loss: str = NTK_STATE_LOSS, linearise: str = "auto",
-                 kept_state: str = "auto", weighting: str = "auto", ggn_rank_tol: float | None = None):
+                 kept_state: str = "auto", weighting: str = "auto", ggn_rank_tol: float | None = None,
+                 step: str = "newton"):
         from privkit.unlearn.ntk import DEFAULT_GGN_RANK_TOL
 
+        self.step = step
         self.scale = scale
         self.ggn_rank_tol = DEFAULT_GGN_RANK_TOL if ggn_rank_tol is None else ggn_rank_tol
         self.linearise = linearise
@@ -179,6 +184,8 @@ class _NTKBase:
         from privkit.unlearn.jacobian import select_parameters
 
         self._check_rank_tol()
+        if self.step not in STEP_MODES:
+            raise ConfigError(f"step={self.step!r}; choose one of {', '.join(STEP_MODES)}")
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
         t_start = time.perf_counter()
@@ -303,6 +310,11 @@ class _NTKBase:
         wd = self._weight_decay(context)
         t = context.target_index(retain)
         forget_x, forget_y = _x_y(forget, t)
+        if self.step not in STEP_MODES:
+            raise ConfigError(f"step={self.step!r}; choose one of {', '.join(STEP_MODES)}")
+        if self.step == "linearised-ce":
+            return self._unlearn_linearised(model, selected, kind, w0, linearise_at, point, weighting, wd, retain,
+                                            forget, t, forget_x, forget_y, context, t_start)
         state, why = self._kept_state(selected, kind, context)
         if state is not None:
             # only the forget set's Jacobians and a downdate; the state is moved to D_r afterwards, off the
@@ -334,6 +346,78 @@ class _NTKBase:
         info["path_reason"] = why
         info["one_off_seconds"] = one_off
         info["per_request_seconds"] = time.perf_counter() - t_start
+        context.info["ntk"] = info
+        updated.eval()
+        return updated
+
+
+    def _linearised_state(self, selected: dict, kind: str, w0: dict, linearise_at: dict | None, wd: float,
+                          context: UnlearnContext):
+        """``(state, why)``: the run folder's kept linearised state when it answers this request, else ``None``."""
+        from privkit.unlearn.jacobian import flatten_parameters
+        from privkit.unlearn.ntk_linearized import load_linearised_state
+
+        meta = context.model_meta or {}
+        if self.kept_state == "off":
+            return None, "kept_state='off' was asked for"
+        if context.model_dir is None or not meta.get("ntk_linearised_sha256"):
+            return None, "the model's run folder keeps no linearised state"
+        state = load_linearised_state(context.model_dir, meta)  # ArtifactError for a modified file
+        where = f"the linearised state of {context.model_dir}"
+        shapes = [list(p.shape) for p in selected.values()]
+        anchor = flatten_parameters(w0, torch.float64)
+        point = anchor if linearise_at is None else flatten_parameters(linearise_at, torch.float64)
+        if state.param_names_ != list(selected) or state.param_shapes_ != shapes or not torch.equal(state.w0_, anchor):
+            raise ArtifactError(f"{where} was fitted for other parameters or another w0 than the model's; the "
+                                f"artifact was modified, re-create it with `privkit train --peft`")
+        if state.params != kind or not math.isclose(state.weight_decay, wd, rel_tol=1e-12):
+            return None, f"it covers the {state.params!r} parameters with weight_decay={state.weight_decay:g}"
+        if not torch.equal(state.point_, point):
+            return None, "it is linearised at another point than the one asked for"
+        return state, f"{where} covers the model's training samples with the same recipe"
+
+    def _unlearn_linearised(self, model, selected, kind, w0, linearise_at, point, weighting, wd, retain, forget, t,
+                            forget_x, forget_y, context: UnlearnContext, t_start: float) -> nn.Module:
+        """``step="linearised-ce"``: :math:`w \\leftarrow w(D) + s(\\delta_{D_r} - \\delta_D)` with the exact
+        minimisers of the linearised cross-entropy (:mod:`privkit.unlearn.ntk_linearized`).
+
+        From the run folder's kept :class:`~privkit.unlearn.ntk_linearized.LinearisedState` when it
+        matches (no network pass: Newton-CG on the stored Jacobian, preconditioned by the kept NTK
+        state's factor when there is one), else one-shot (Jacobians over all of D).
+        """
+        from privkit.unlearn.jacobian import unflatten_parameters
+        from privkit.unlearn.ntk import _apply_delta
+        from privkit.unlearn.ntk_linearized import (kept_state_preconditioner, linearised_forget_delta,
+                                                    one_step_from_ntk_state)
+
+        if not isinstance(self.scale, (int, float)):
+            raise ConfigError(f"step='linearised-ce' takes a numeric scale (it minimises the linearised loss "
+                              f"exactly; the trapezium correction is for one step), got {self.scale!r}")
+        lin_state, why = self._linearised_state(selected, kind, w0, linearise_at, wd, context)
+        if lin_state is not None:
+            ntk_state, _ = self._kept_state(selected, kind, context)
+            if ntk_state is not None and lin_state.has_subspace:
+                # the Fast-NTK step from the kept NTK state (forget rows from the stored Jacobian), then Newton
+                # on the linearised cross-entropy in the kept top-curvature subspace: no network pass
+                one_step = one_step_from_ntk_state(ntk_state, lin_state, forget.base_indices)
+                delta_flat, info = lin_state.forget(forget.base_indices, one_step=one_step)
+            else:
+                precondition = kept_state_preconditioner(ntk_state, len(retain)) if ntk_state is not None else None
+                delta_flat, info = lin_state.forget(forget.base_indices, precondition=precondition)
+            delta = unflatten_parameters(delta_flat, selected)
+            one_off = float((context.model_meta or {}).get("ntk_linearised_fit_seconds", 0.0))
+        else:
+            retain_x, retain_y = _x_y(retain, t)
+            delta, info = linearised_forget_delta(model, w0, retain_x, retain_y, forget_x, forget_y, params=kind,
+                                                  weight_decay=wd, linearise_at=linearise_at,
+                                                  chunk_size=self.chunk_size)
+            one_off = 0.0
+        # as the one-step update: added to the trained weights, w(D) + s (delta_r - delta_D)
+        updated = copy_model(model)
+        _apply_delta(updated, list(selected), {n: float(self.scale) * d for n, d in delta.items()})
+        info = dict(info, step="linearised-ce", linearisation_point=point, weighting=weighting, weight_decay=wd,
+                    path="kept-state" if lin_state is not None else "one-shot", path_reason=why,
+                    one_off_seconds=one_off, per_request_seconds=time.perf_counter() - t_start)
         context.info["ntk"] = info
         updated.eval()
         return updated
@@ -372,6 +456,13 @@ class NTKUnlearner(_NTKBase):
         retain-set step changes by at most this fraction (a proven bound,
         :meth:`~privkit.unlearn.ntk.NTKState.forget`). Default
         :data:`~privkit.unlearn.ntk.DEFAULT_GGN_RANK_TOL` (``1e-6``); ``0`` keeps every direction.
+    step : {"newton", "linearised-ce"}
+        ``newton``: the closed form, one Gauss-Newton step of the retraining objective. ``linearised-ce``:
+        the exact minimisers :math:`\\delta_S` of the linearised network's cross-entropy
+        :math:`\\Phi_S(\\delta) = \\sum_{i\\in S}\\mathrm{CE}(z_i + J_i\\delta, y_i) + \\tfrac{\\lambda_S}2
+        \\lVert a+\\delta-w_0\\rVert^2` (Newton-CG, :mod:`privkit.unlearn.ntk_linearized`), update
+        :math:`w(D) + s(\\delta_{D_r} - \\delta_D)`; served from the run folder's kept linearised state
+        (``ntk_linearised.safetensors``) when there is one.
     """
 
     def _weighting_mode(self, context: UnlearnContext) -> str:

@@ -245,6 +245,8 @@ def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None 
                             f"the artifact was modified, re-create it")
     path = Path(folder) / name
     verify_safetensors_file(path)
+    mismatch = ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is "
+                             f"corrupt (delete ntk_state_* from meta.json to fall back to one-shot fast-ntk)")
     if data_fingerprint is not None and meta.get("ntk_state_data_fingerprint") != data_fingerprint:
         raise ArtifactError(f"{path} was fitted on other samples than the training data of this model; use the "
                             f"same --data and --size as `privkit train`, or re-create the run")
@@ -254,8 +256,7 @@ def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None 
         return NTKState.open(path, header)
     raw = path.read_bytes()  # a state checksummed whole (format 1 or 2): read once, checksum and tensors
     if hashlib.sha256(raw).hexdigest() != meta["ntk_state_sha256"]:
-        raise ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is "
-                            f"corrupt (delete ntk_state_* from meta.json to fall back to one-shot fast-ntk)")
+        raise mismatch
     return NTKState.load(path, raw=raw)
 
 
@@ -284,7 +285,7 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
                    epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                    data_seed: int = 0, size: int | None = None, resume: bool = False, overwrite: bool = False,
                    progress: bool = True, pretrain_epochs: int | None = None, model_kwargs: dict | None = None,
-                   keep_ntk_state: bool = True) -> Path:
+                   keep_ntk_state: bool = True, keep_linearised_state: bool = False) -> Path:
     """Pretrain on one half of the training split, fine-tune the PEFT parameters on the other half.
 
     Writes a classifier artifact (``load_model`` works on it) plus ``w0.safetensors``; ``meta.json``
@@ -372,6 +373,17 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
                         f"parameters, linearised at the trained weights with the Gauss-Newton weighting W, "
                         f"penalty toward w0 (saved in {NTK_STATE_FILE}). A deletion request then needs only the "
                         f"forget set's Jacobians and a downdate.", title="Kept NTK state (one-off cost)")
+            if keep_linearised_state:
+                from privkit.unlearn.ntk_linearized import fit_linearised_state, save_linearised_state
+
+                # fast-ntk step="linearised-ce": the per-sample Jacobians over D (float32) and the minimiser of
+                # the linearised cross-entropy on D, so a request needs no network pass (one-off cost)
+                live = dict(model.named_parameters())
+                lin_state = fit_linearised_state(model, w0, fine_set, ds.schema.index(target), peft, anchor,
+                                                 linearise_at={n: live[n].detach().clone() for n in w0},
+                                                 ntk_state=state)
+                state_meta.update(save_linearised_state(run.path, lin_state))
+                report.set_metric("ntk_linearised_fit_seconds", lin_state.fit_seconds_)
         elif keep_ntk_state:
             report.text(f"The NTK state was not kept: {state_skipped}. fast-ntk runs one-shot on this model.",
                         title="Kept NTK state (one-off cost)")

@@ -1,0 +1,64 @@
+"""fast-ntk step="linearised-ce" end to end (needs /tmp/ntkacc/wiring.patch applied).
+
+The kept-state request (no network pass: one step + subspace Newton, or exact Newton-CG) must
+reproduce the one-shot exact minimiser of the linearised cross-entropy; the default step is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from privkit.errors import ConfigError
+from privkit.unlearn import get_unlearner
+from privkit.unlearn.ntk_linearized import LINEARISED_STATE_FILE
+from privkit.unlearn.run import prepare_request, run_method
+
+SIZE = 300
+
+
+@pytest.fixture(scope="module")
+def peft_run(tmp_path_factory):
+    from privkit.data import load_dataset
+    from privkit.unlearn.peft import train_peft_run
+
+    root = tmp_path_factory.mktemp("linearised")
+    ds = load_dataset("digits", size=SIZE)
+    train_peft_run(ds, "digits", "digit", root / "peft", peft="bn", epochs=2, lr=1e-2, seed=0, size=SIZE,
+                   progress=False, keep_linearised_state=True)
+    return root / "peft", ds
+
+
+def _run(folder, ds, forget, **options):
+    req = prepare_request(folder, "digits", forget, size=SIZE, dataset=ds)
+    method = get_unlearner("fast-ntk", **options)
+    method.check(req.start_model, req.context)
+    return run_method(method, req)
+
+
+def _flat(model):
+    return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+
+
+def test_kept_linearised_request_matches_the_one_shot_exact_minimiser(peft_run):
+    folder, ds = peft_run
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["ntk_linearised_file"] == LINEARISED_STATE_FILE and meta["ntk_linearised_sha256"]
+    kept, _, info = _run(folder, ds, "class=3", step="linearised-ce")
+    shot, _, shot_info = _run(folder, ds, "class=3", step="linearised-ce", kept_state="off")
+    newton, _, _ = _run(folder, ds, "class=3")
+    assert info["ntk"]["path"] == "kept-state" and shot_info["ntk"]["path"] == "one-shot"
+    assert info["ntk"]["converged"] and shot_info["ntk"]["converged"]
+    move = float((_flat(shot) - _flat(newton)).norm())
+    # the subspace request approximates the exact one far closer than the one step does
+    assert float((_flat(kept) - _flat(shot)).norm()) < 0.05 * move
+
+
+def test_linearised_step_refuses_the_trapezium_scale(peft_run):
+    folder, ds = peft_run
+    with pytest.raises(ConfigError, match="numeric scale"):
+        _run(folder, ds, "class=3", step="linearised-ce", scale="trapezium")
+    with pytest.raises(ConfigError, match="step='bogus'"):
+        _run(folder, ds, "class=3", step="bogus")
