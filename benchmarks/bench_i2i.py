@@ -21,7 +21,13 @@ of the same alpha (relative difference; accuracies in points).
     OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --quick --alpha 0.25,0.5 --lr 1e-3 --unlearn-epochs 10
     OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --quick --methods none --mask 0.75   # original vs retrain only
     OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --quick --alpha 0.35 --frozen-stages 1,0 --lr 1e-3 --unlearn-epochs 10
+    OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --quick --unet-width 24 --alpha 0.35,0.5 --frozen-stages 1,0 --lr 1e-3 --unlearn-epochs 10
+    OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --scenarios faces-age --models unet --size 1600 --train-epochs 60 --methods none
     OMP_NUM_THREADS=1 python benchmarks/bench_i2i.py --scenarios digits-class,faces-age --models unet,mae-tiny
+
+``--unet-width`` sets the U-Net's channel width (default: the model's, 8); ``--size`` the number of
+generated faces (default: the scenario's 400); ``--forget`` another forget request (e.g.
+``class=5``, to check that a setting chosen on one class carries over to others).
 
 Prints markdown tables.
 """
@@ -75,7 +81,8 @@ def heldout_proxy(request, forget_spec: str):
 
 def run_scenario(name: str, sc: dict, model_name: str, methods: list[tuple[str, dict]], train_epochs: int,
                  unlearn_epochs: int, eval_epochs: int, mask: float, root: Path, seed: int,
-                 retrain: bool = True, eval_on_completions: bool = False) -> list[list]:
+                 retrain: bool = True, eval_on_completions: bool = False,
+                 model_kwargs: dict | None = None) -> list[list]:
     from privkit.data import load_dataset
     from privkit.generative.metrics import FeatureClassifier
     from privkit.generative.run import prepare_i2i_request, run_i2i_method, score_models
@@ -84,7 +91,7 @@ def run_scenario(name: str, sc: dict, model_name: str, methods: list[tuple[str, 
 
     ds = load_dataset(sc["data"], size=sc["size"], image_size=sc["image_size"])
     run = train_i2i_run(sc["data"], root / f"{name}-{model_name}", model_name=model_name, epochs=train_epochs,
-                        size=sc["size"], mask=mask, seed=seed, progress=False, dataset=ds)
+                        size=sc["size"], mask=mask, seed=seed, progress=False, dataset=ds, model_kwargs=model_kwargs)
     request = prepare_i2i_request(run, sc["data"], sc["forget"], dataset=ds)
     completions = None
     if eval_on_completions:
@@ -130,7 +137,8 @@ def run_scenario(name: str, sc: dict, model_name: str, methods: list[tuple[str, 
                      f["accuracy"], f["chance"], r["accuracy"], f["psnr"], r["psnr"], f["ssim"], r["ssim"],
                      seconds[label], steps[label],
                      seconds["retrain"] / seconds[label] if seconds[label] > 0 and "retrain" in seconds else None])
-    print(f"{name} {model_name} (mask {mask}): {sizes}; original FD forget {orig['forget']['fd']:.3f} retain "
+    spec = request.model.privkit_spec["kwargs"]
+    print(f"{name} {model_name} {spec} (mask {mask}): {sizes}; original FD forget {orig['forget']['fd']:.3f} retain "
           f"{orig['retain']['fd']:.3f}; metric classifier on ground-truth test images: forget acc "
           f"{truth_acc['forget']:.2f}, retain acc {truth_acc['retain']:.2f}", flush=True)
     return rows
@@ -164,9 +172,26 @@ def main(argv=None) -> None:
                         "images (default: the scenario's)")
     p.add_argument("--skip-retrain", action="store_true", help="no retraining row (quicker tuning runs)")
     p.add_argument("--forget", default=None, help="forget request instead of the scenario's (e.g. attr=age:old)")
+    p.add_argument("--unet-width", type=int, default=None,
+                   help="channels of the U-Net's first level (default: the model's, 8); mae-tiny is unaffected")
+    p.add_argument("--size", type=int, default=None,
+                   help="number of images of a generated dataset (synthetic-faces) instead of the scenario's")
     args = p.parse_args(argv)
     if args.quick:
         args.scenarios, args.models = "digits-class", "unet"
+    if args.unet_width is not None and args.unet_width < 1:
+        p.error(f"--unet-width {args.unet_width} must be at least 1 (the default is 8)")
+    scenario_names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown_scenarios = sorted(set(scenario_names) - set(SCENARIOS))
+    if unknown_scenarios:
+        p.error(f"unknown --scenarios {unknown_scenarios}; choose from {sorted(SCENARIOS)}")
+    if args.size is not None:  # checked before any scenario trains, not after the first one
+        if args.size < 1:
+            p.error(f"--size {args.size} must be at least 1")
+        for sc_name in scenario_names:
+            if SCENARIOS[sc_name]["size"] is None:
+                p.error(f"--size {args.size}: scenario {sc_name} uses a fixed dataset ({SCENARIOS[sc_name]['data']}); "
+                        "leave --size out or choose a synthetic-faces scenario")
     alphas = [float(v) for v in str(args.alpha).split(",") if v.strip()]
     a = alphas[0]
     try:
@@ -204,10 +229,12 @@ def main(argv=None) -> None:
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for sc_name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
+        for sc_name in scenario_names:
             sc = dict(SCENARIOS[sc_name])
             if args.forget:
                 sc["forget"] = args.forget
+            if args.size is not None:
+                sc["size"] = args.size
             for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
                 other = sc["proxy"][0] if sc["proxy"] else None
                 ms = [(lbl, dict(prm, proxy=other) if prm.get("proxy") == "other" else prm) for lbl, prm in methods
@@ -216,8 +243,11 @@ def main(argv=None) -> None:
                                      args.eval_epochs or sc["eval_epochs"], args.mask or sc["mask"], Path(tmp),
                                      args.seed, retrain=not args.skip_retrain,
                                      eval_on_completions=sc["eval_on_completions"] if args.eval_on_completions is None
-                                     else args.eval_on_completions == "yes")
-    print(f"\nmask {args.mask or 'per scenario'}, train epochs {args.train_epochs}, unlearn epochs {args.unlearn_epochs}, "
+                                     else args.eval_on_completions == "yes",
+                                     model_kwargs={"width": args.unet_width} if model_name == "unet" and args.unet_width
+                                     else None)
+    print(f"\nmask {args.mask or 'per scenario'}, U-Net width {args.unet_width or 'default (8)'}, "
+          f"train epochs {args.train_epochs}, unlearn epochs {args.unlearn_epochs}, "
           f"li2024 frozen encoder stages {args.frozen_stages}, "
           f"metric-classifier epochs {args.eval_epochs or 'per scenario'}, unlearning lr {args.lr or 'method default'}")
     print("| " + " | ".join(headers) + " |")
