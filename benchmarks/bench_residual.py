@@ -11,7 +11,10 @@ inputs, in the same batch size, in eval mode without gradients::
 
 Both are timed in the same run after one warm-up each, the repeats alternating bare / audit so both
 see the same machine load; best of ``--repeats`` each, in wall time (the target) and in process CPU
-time (what the one thread itself spent, less sensitive to other jobs on a shared machine).
+time (what the one thread itself spent, less sensitive to other jobs on a shared machine). The
+minor page faults per call (fewest over the repeats) show whether the allocator handed memory back
+to the system and faulted it in again (see ``privkit.audit.residual.Workspace``). ``--exact-draws``
+audits with ``torch.rand``'s float draws instead of the default 16-bit grid draws.
 
     python benchmarks/bench_residual.py --model cnn28 --forget 256 --samples 64
 """
@@ -20,6 +23,11 @@ from __future__ import annotations
 
 import argparse
 import time
+
+try:
+    import resource
+except ImportError:  # not on Windows: no page-fault counts there
+    resource = None
 
 import torch
 from torch import nn
@@ -72,7 +80,11 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench(name, forget, samples, batch_size, sampler, norm, repeats, device, taus):
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
+def bench(name, forget, samples, batch_size, sampler, norm, repeats, device, taus, exact_draws=False):
     shape, unlearned = MODELS[name]()
     _, reference = MODELS[name]()
     unlearned.to(device).eval()
@@ -91,9 +103,12 @@ def bench(name, forget, samples, batch_size, sampler, norm, repeats, device, tau
                     model(inputs[start:start + chunk]).argmax(dim=-1)
         _sync(device)
 
+    # passed only when asked for, so the script also times estimators without the option (git HEAD)
+    draws = {"exact_draws": True} if exact_draws else {}
+
     def audit():
         residual_knowledge(unlearned, reference, x, y, taus=taus, norm=norm, sampler=sampler, samples=samples,
-                           batch_size=batch_size, seed=0)
+                           batch_size=batch_size, seed=0, **draws)
         _sync(device)
 
     # Repeats alternate bare / audit so that both see the same machine load (on a shared machine the
@@ -101,19 +116,22 @@ def bench(name, forget, samples, batch_size, sampler, norm, repeats, device, tau
     # it is what the single thread spent, whatever else ran on the machine.
     wall = {"bare": float("inf"), "audit": float("inf")}
     cpu = dict(wall)
+    faults = dict(wall)
     runs = (("bare", bare), ("audit", audit))
     for _, fn in runs:
         fn()  # warm-up
     for _ in range(repeats):
         for label, fn in runs:
-            t0, c0 = time.perf_counter(), time.process_time()
+            f0, t0, c0 = _minor_faults(), time.perf_counter(), time.process_time()
             fn()
             wall[label] = min(wall[label], time.perf_counter() - t0)
             cpu[label] = min(cpu[label], time.process_time() - c0)
+            faults[label] = min(faults[label], _minor_faults() - f0)
     return {
         "model": name, "inputs": n, "batch": chunk,
         "bare_per_s": n / wall["bare"], "audit_per_s": n / wall["audit"],
         "ratio": wall["bare"] / wall["audit"], "cpu_ratio": cpu["bare"] / cpu["audit"],
+        "faults_audit": int(faults["audit"]), "faults_bare": int(faults["bare"]),
     }
 
 
@@ -128,6 +146,8 @@ def main(argv=None):
     parser.add_argument("--taus", default="0.01,0.02,0.03,0.05,0.1",
                         help="radii audited in one call (default: the CLI's grid)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--exact-draws", action="store_true",
+                        help="audit with torch.rand float draws (earlier streams) instead of 16-bit grid draws")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -135,18 +155,19 @@ def main(argv=None):
     device = torch.device(args.device)
     names = list(MODELS) if args.model == "all" else [args.model]
     print(f"device={device} threads={args.threads} N={args.forget} K={args.samples} sampler={args.sampler} "
-          f"norm={args.norm} taus={args.taus}; baseline = bare forward of BOTH models over the same "
-          f"N*K inputs at every tau")
+          f"norm={args.norm} taus={args.taus} draws={'exact' if args.exact_draws else '16-bit'}; baseline = bare "
+          f"forward of BOTH models over the same N*K inputs at every tau")
     header = (f"{'model':<8} {'inputs':>8} {'batch':>6} {'bare 2x fwd/s':>14} {'audit/s':>12} {'ratio':>6} "
-              f"{'CPU-time ratio':>14}  target>=0.8 (wall ratio)")
+              f"{'CPU-time ratio':>14} {'page faults audit/bare':>22}  target>=0.8 (wall ratio)")
     print(header)
     print("-" * len(header))
     for name in names:
         row = bench(name, args.forget, args.samples, args.batch_size, args.sampler, args.norm, args.repeats, device,
-                    tuple(float(t) for t in args.taus.split(",")))
+                    tuple(float(t) for t in args.taus.split(",")), exact_draws=args.exact_draws)
         ok = "ok" if row["ratio"] >= 0.8 else "BELOW"
+        faults = f"{row['faults_audit']} / {row['faults_bare']}"
         print(f"{row['model']:<8} {row['inputs']:>8} {row['batch']:>6} {row['bare_per_s']:>14,.0f} "
-              f"{row['audit_per_s']:>12,.0f} {row['ratio']:>6.2f} {row['cpu_ratio']:>14.2f}  {ok}")
+              f"{row['audit_per_s']:>12,.0f} {row['ratio']:>6.2f} {row['cpu_ratio']:>14.2f} {faults:>22}  {ok}")
 
 
 if __name__ == "__main__":

@@ -75,19 +75,26 @@ def test_iterable_of_batches_gives_the_same_result_as_a_tensor(digits):
 
 def test_independent_retrain_ci_covers_one(digits):
     x, y, f = digits["x"], digits["y"], digits["forget"]
-    # the CLI's default grid plus two wider radii where the two retrains disagree more often
-    taus = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3)
-    for ci in ("bootstrap", "t"):
-        res = residual_knowledge(digits["indep"], digits["ref"], x[f], y[f], taus, samples=64, seed=0, ci_method=ci)
-        for row in res.summary:
-            assert row["ci_low"] <= 1.0 <= row["ci_high"], (ci, row)
-        # not trivially 1: the two retrains disagree on some neighbourhoods
-        assert res.summary[-1]["ci_high"] - res.summary[-1]["ci_low"] > 0.01
-        assert 0 < res.summary[-1]["frac_above_1"] < 0.5
-        assert res.verdict(0.3).startswith("No evidence of residual knowledge")
-    # never a false detection, even at radii where the two retrains' robustness differs
-    wide = residual_knowledge(digits["indep"], digits["ref"], x[f], y[f], (0.4, 0.6), samples=64, seed=0)
-    assert all(row["ci_low"] <= 1.0 for row in wide.summary)
+    # On the CLI's default grid the band covers 1 for every audit seed tried. At the wider radii 0.2
+    # and 0.3 the two retrains' robustness really differs: over audit seeds 0-23 the mean r_tau at
+    # tau = 0.2 is 0.988 +- 0.004 and the band lies just below 1 for 15 of the 24 seeds with the
+    # earlier float draws (seed 0 happened to cover it) and 8 of 24 with the 16-bit draws (seed 0:
+    # [0.954, 0.9998]). The interval covers the forget samples and the perturbations, not the
+    # training runs, so there the test asserts what must always hold: never a false detection.
+    grid = (0.01, 0.02, 0.03, 0.05, 0.1)
+    wider = (0.2, 0.3, 0.4, 0.6)
+    for seed in range(4):
+        for ci in ("bootstrap", "t"):
+            res = residual_knowledge(digits["indep"], digits["ref"], x[f], y[f], grid + wider, samples=64, seed=seed,
+                                     ci_method=ci)
+            for row in res.summary[:len(grid)]:
+                assert row["ci_low"] <= 1.0 <= row["ci_high"], (seed, ci, row)
+            assert all(row["ci_low"] <= 1.0 for row in res.summary), (seed, ci)
+            assert res.verdict(0.1).startswith("No evidence of residual knowledge")
+            # not trivially 1: the two retrains disagree on some neighbourhoods
+            wide = res.summary[len(grid) + 1]  # tau = 0.3
+            assert wide["ci_high"] - wide["ci_low"] > 0.01
+            assert 0 < wide["frac_above_1"] < 0.5
 
 
 def test_model_trained_with_forget_set_shows_residual_knowledge(digits):
@@ -208,22 +215,33 @@ def test_bootstrap_counts_match_gathered_resamples(n, resamples):
     ref_low, ref_high = np.quantile(means, [0.05, 0.95], axis=1)
     np.testing.assert_allclose(low, ref_low, rtol=1e-12)
     np.testing.assert_allclose(high, ref_high, rtol=1e-12)
-    assert (low < values.mean(axis=1)).all() and (values.mean(axis=1) < high).all()
+    if n > 2:  # with 2 values and 7 resamples the mean can be an end of the interval
+        assert (low < values.mean(axis=1)).all() and (values.mean(axis=1) < high).all()
 
 
-def test_unit_draws_are_the_streams_uniforms_and_the_buffer_changes_nothing():
-    # W = 2U - 1 drawn directly on [-1, 1) is bit for bit 2 * rand - 1 of each sample's own stream
-    streams = NoiseStreams.for_samples(3, [0, 5, 9])
-    unit = streams.fill("rand", (4, 6), -1.0, 1.0)
-    for row, seed in zip(unit, streams.seeds):
+def test_unit_draws_are_the_streams_numbers_and_the_buffer_changes_nothing():
+    # exact mode: W = 2U - 1 drawn directly on [-1, 1) is bit for bit 2 * rand - 1 of each sample's stream
+    exact = NoiseStreams.for_samples(3, [0, 5, 9], exact=True)
+    for row, seed in zip(exact.unit_cube((4, 6)), exact.seeds):
         g = torch.Generator().manual_seed(seed)
         assert torch.equal(row, torch.rand((4, 6), generator=g) * 2 - 1)
+    # default: the stream's 64-bit words read as little-endian 16-bit integers I, W = (2I + 1) / 2^16;
+    # 4 x 7 = 28 values need 7 words exactly, 4 x 6 = 24 need 6, and 5 x 5 = 25 leave 3 lanes unused
+    for shape in ((4, 7), (4, 6), (5, 5)):
+        streams = NoiseStreams.for_samples(3, [0, 5, 9])
+        count = int(np.prod(shape))
+        for row, seed in zip(streams.unit_cube(shape), streams.seeds):
+            g = torch.Generator().manual_seed(seed)
+            words = torch.empty(-(-count // 4), dtype=torch.int64).random_(-(2**63), None, generator=g)
+            lanes = words.numpy().view("<i2")[:count].astype(np.float64)
+            np.testing.assert_array_equal(row.numpy().ravel(), (2 * lanes + 1) / 2**16)
     x = torch.rand((3, 6), generator=torch.Generator().manual_seed(1))
-    for sampler in ("uniform", "gaussian"):
+    for sampler, is_exact in (("uniform", False), ("uniform", True), ("gaussian", False)):
         kw = dict(tau=0.2, norm="linf", samples=4, clip=(0.0, 1.0))
-        plain = SAMPLERS[sampler](x, None, streams=NoiseStreams.for_samples(3, [0, 5, 9]), **kw)
+        plain = SAMPLERS[sampler](x, None, streams=NoiseStreams.for_samples(3, [0, 5, 9], exact=is_exact), **kw)
         buffer = torch.full((3, 4, 6), float("nan"))
-        into = SAMPLERS[sampler](x, None, streams=NoiseStreams.for_samples(3, [0, 5, 9]), out=buffer, **kw)
+        into = SAMPLERS[sampler](x, None, streams=NoiseStreams.for_samples(3, [0, 5, 9], exact=is_exact), out=buffer,
+                                 **kw)
         assert into.data_ptr() == buffer.data_ptr() and torch.equal(into, plain)
 
 
