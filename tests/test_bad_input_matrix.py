@@ -375,6 +375,12 @@ def _(t, out, model=None):
     return ["evaluate", "--model", _model(t, model), "--data", npz_file(t / "feat.npz")]
 
 
+@case("fast-ntk-unknown-step")
+def _(t, out, model=None):
+    return ["unlearn", "--model", _model(t, model), "--data", "digits", "--forget", "class=3", "--method", "fast-ntk",
+            "--option", "step=newton-raphson", "--out", out]
+
+
 # -- quantum attack ---------------------------------------------------------------------------------
 
 @case("qnn-zero-qubits")
