@@ -183,15 +183,23 @@ class ImageGenerator(nn.Module):
     """``x' = sigmoid(logit(x) + r(x, z))`` with ``r`` a 2-D conv residual network; pixels in [0, 1]."""
 
     def __init__(self, channels: int, noise_dim: int, width: int = 24, blocks: int = 3, down: int = 2,
-                 init_scale: float = 0.3):
+                 init_scale: float = 0.3, max_logit: float | None = None):
         super().__init__()
+        if max_logit is not None and not (math.isfinite(max_logit) and max_logit > 0):
+            raise ConfigError(f"max_logit={max_logit} must be > 0 (None: unbounded residual), e.g. 3")
         # blocks run at 1/down resolution: attributes are mostly coarse shape, and it keeps a CPU fast
         self.net = _ConvResidualNet(2, channels, noise_dim, width, blocks, 3, down, init_scale)
+        self.max_logit = None if max_logit is None else float(max_logit)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         xc = x.clamp(_EPS, 1 - _EPS)
         # the network sees pixels centred at 0; the residual acts on logits so the output stays in (0, 1)
-        return torch.sigmoid(torch.logit(xc) + self.net(xc - 0.5, z))
+        r = self.net(xc - 0.5, z)
+        if self.max_logit is not None:
+            # a bounded edit, r = B tanh(r / B): the release cannot be driven into the flat tails of the
+            # sigmoid (an all-black/white image has no gradient left for the kept attributes' guards)
+            r = self.max_logit * torch.tanh(r / self.max_logit)
+        return torch.sigmoid(torch.logit(xc) + r)
 
 
 class WaveformGenerator(nn.Module):
@@ -416,8 +424,8 @@ class _Conv1dResidual(nn.Module):
 @register_generator("image-resnet", ("image",), "2-D conv residual net on logits, pixels stay in [0, 1]",
                     default_for=("image",))
 def image_resnet(schema: Schema, noise_dim: int, width: int = 24, blocks: int = 3, down: int = 2,
-                 init_scale: float = 0.3):
-    return ImageGenerator(schema.input_shape[0], noise_dim, width, blocks, down, init_scale)
+                 init_scale: float = 0.3, max_logit: float | None = None):
+    return ImageGenerator(schema.input_shape[0], noise_dim, width, blocks, down, init_scale, max_logit)
 
 
 @register_generator("waveform-resnet", ("audio",), "strided 1-D conv residual net on atanh(samples), samples stay "
