@@ -721,17 +721,15 @@ def save_linearised_state(folder, state: LinearisedState) -> dict:
 def load_linearised_state(folder, meta: dict) -> LinearisedState | None:
     """The run folder's kept :class:`LinearisedState`, checksum-verified; ``None`` when it keeps none."""
     import hashlib
-    from pathlib import Path
 
     from privkit.errors import ArtifactError
 
     if not meta.get("ntk_linearised_sha256"):
         return None
-    name = str(meta.get("ntk_linearised_file") or LINEARISED_STATE_FILE)
-    if Path(name).name != name:
-        raise ArtifactError(f"meta.json names the linearised state {name!r}, which is not a file of the run folder; "
-                            f"the artifact was modified, re-create it")
-    path = Path(folder) / name
+    from privkit.unlearn.peft import run_folder_file
+
+    path = run_folder_file(folder, str(meta.get("ntk_linearised_file") or LINEARISED_STATE_FILE),
+                           "the linearised state")
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -54,7 +54,7 @@ from torch import nn
 from privkit.errors import ArtifactError, ConfigError
 from privkit.train import ClassifierTask
 
-__all__ = ["PEFT_KINDS", "W0_FILE", "NTK_STATE_FILE", "PeftClassifierTask", "peft_parts", "peft_parameter_names",
+__all__ = ["PEFT_KINDS", "W0_FILE", "NTK_STATE_FILE", "run_folder_file", "PeftClassifierTask", "peft_parts", "peft_parameter_names",
            "save_w0", "load_w0", "training_indices", "fit_ntk_state", "save_ntk_state", "load_ntk_state",
            "ntk_state_meta", "train_peft_run"]
 
@@ -221,6 +221,14 @@ def ntk_state_meta(state, sha256: str, data_fingerprint: str, fit_seconds: float
             "ntk_state_params": state.params, "ntk_state_weight_decay": float(state.weight_decay)}
 
 
+def run_folder_file(folder: str | Path, name: str, what: str) -> Path:
+    """``folder / name`` for a file ``meta.json`` names; refuses a name that would leave the run folder."""
+    if Path(name).name != name:
+        raise ArtifactError(f"meta.json names {what} {name!r}, which is not a file of the run folder; "
+                            f"the artifact was modified, re-create it")
+    return Path(folder) / name
+
+
 def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None = None):
     """The kept NTK state of a run folder, verified; ``None`` when the run keeps none.
 
@@ -239,11 +247,7 @@ def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None 
 
     if not meta.get("ntk_state_sha256"):
         return None
-    name = str(meta.get("ntk_state_file") or NTK_STATE_FILE)
-    if Path(name).name != name:
-        raise ArtifactError(f"meta.json names the NTK state {name!r}, which is not a file of the run folder; "
-                            f"the artifact was modified, re-create it")
-    path = Path(folder) / name
+    path = run_folder_file(folder, str(meta.get("ntk_state_file") or NTK_STATE_FILE), "the NTK state")
     verify_safetensors_file(path)
     mismatch = ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is "
                              f"corrupt (delete ntk_state_* from meta.json to fall back to one-shot fast-ntk)")
