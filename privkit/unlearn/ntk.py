@@ -68,7 +68,6 @@ import copy
 import hashlib
 import json
 import math
-import mmap
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -1061,10 +1060,10 @@ class _StateFile:
     """The tensors of a format-3 state file, each read and checked against its SHA-256 when first used.
 
     The header (offsets, shapes, checksums) was verified by whoever opened the file, so a tensor whose
-    bytes changed since is refused with an ArtifactError; a request reads only what it uses. The file
-    is memory-mapped copy-on-write: a tensor is a view of the mapped bytes (no copy of the P x P factor;
-    hashing it is the one pass over it before it is used), and changing it in place leaves the file as
-    it is.
+    bytes changed since is refused with an ArtifactError; a request reads only what it uses. A tensor
+    is read into memory the process owns and hashed there, so the bytes used are the bytes checked
+    (a view of a memory-mapped file would show later writes to the file, and a truncation would end
+    the process with SIGBUS instead of an error).
     """
 
     def __init__(self, path: Path, header_length: int, header: dict, digests: dict[str, str]):
@@ -1072,34 +1071,39 @@ class _StateFile:
         self.data_start = 8 + header_length
         self.entries = {k: v for k, v in header.items() if k != "__metadata__"}
         self.digests = digests
-        self._mapped: mmap.mmap | None = None
 
-    def _map(self) -> mmap.mmap:
-        if self._mapped is None:
-            try:
-                with open(self.path, "rb") as handle:
-                    self._mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-            except (OSError, ValueError) as exc:
-                raise ArtifactError(f"cannot read NTK state {self.path}: {exc}") from exc
-        return self._mapped
+    def _read_into(self, out: Tensor, offset: int) -> memoryview:
+        """Fill ``out`` (contiguous) with the file's bytes at ``offset``; the filled bytes as a view."""
+        data = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        try:
+            with open(self.path, "rb", buffering=0) as handle:
+                handle.seek(offset)
+                filled = 0
+                while filled < len(data):
+                    got = handle.readinto(data[filled:])
+                    if not got:
+                        raise ArtifactError(f"NTK state {self.path} is truncated; rebuild it")
+                    filled += got
+        except OSError as exc:
+            raise ArtifactError(f"cannot read NTK state {self.path}: {exc}") from exc
+        return data
 
     def read(self, name: str) -> Tensor:
         entry = self.entries[name]
         dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
-        begin, end = (int(v) for v in entry["data_offsets"])
-        shape = [int(v) for v in entry["shape"]]
+        try:
+            begin, end = (int(v) for v in entry["data_offsets"])
+            shape = [int(v) for v in entry["shape"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"NTK state {self.path} has a malformed entry {name!r} ({exc}); rebuild it") from None
         item = torch.empty((), dtype=dtype).element_size() if dtype is not None else 0
-        if dtype is None or end - begin != math.prod(shape) * item or (self.data_start + begin) % item:
+        if (dtype is None or min(shape, default=0) < 0 or begin < 0 or end - begin != math.prod(shape) * item):
             raise ArtifactError(f"NTK state {self.path} has a malformed entry {name!r}; rebuild it")
         if begin == end:
             out, data = torch.zeros(shape, dtype=dtype), b""
         else:
-            mapped = self._map()
-            if self.data_start + end > len(mapped):
-                raise ArtifactError(f"NTK state {self.path} is truncated; rebuild it")
-            data = memoryview(mapped)[self.data_start + begin:self.data_start + end]
-            out = torch.frombuffer(mapped, dtype=dtype, count=math.prod(shape),
-                                   offset=self.data_start + begin).reshape(shape)
+            out = torch.empty(shape, dtype=dtype)
+            data = self._read_into(out, self.data_start + begin)
         if hashlib.sha256(data).hexdigest() != self.digests.get(name):
             raise ArtifactError(f"{self.path} does not match the checksum in meta.json (tensor {name!r}); the "
                                 f"artifact was modified or is corrupt (delete ntk_state_* from meta.json to fall "

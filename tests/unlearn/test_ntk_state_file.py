@@ -119,6 +119,28 @@ def test_a_flipped_byte_in_any_tensor_is_refused_when_it_is_read(tmp_path, name)
         opened.save(tmp_path / "next.safetensors")           # and what the next run keeps
 
 
+def test_a_tensor_is_the_bytes_that_were_checked_and_a_truncated_file_is_an_error(tmp_path):
+    state, model, x, y = _state()
+    folder, meta = _kept(tmp_path, state)
+    path = folder / NTK_STATE_FILE
+    raw_header, header = read_safetensors_header(path)
+    opened = load_ntk_state(folder, meta)
+    basis = opened.eigvecs_.clone()
+    # overwrite Q's first bytes in place after it was read and checked: the tensor in use must not change
+    with open(path, "r+b") as handle:
+        handle.seek(len(raw_header) + header["eigvecs"]["data_offsets"][0])
+        handle.write(b"\x00\x00\xf6\x42" * 2)
+    assert torch.equal(opened.eigvecs_, basis)
+    # a file cut short after it was opened, before a tensor is read: an ArtifactError, not a crash
+    with open(path, "r+b") as handle:
+        handle.truncate(len(raw_header) + header["gram"]["data_offsets"][0] + 4)
+    with pytest.raises(ArtifactError, match="truncated"):
+        opened.gram_
+    # and opened afresh, the cut file is refused up front
+    with pytest.raises(ArtifactError, match="truncated"):
+        load_ntk_state(folder, meta)
+
+
 def test_a_changed_header_or_a_swapped_file_is_refused(tmp_path):
     state, model, x, y = _state()
     folder, meta = _kept(tmp_path, state)
