@@ -364,6 +364,10 @@ class _NTKBase:
             return None, "the model's run folder keeps no linearised state"
         state = load_linearised_state(context.model_dir, meta)  # ArtifactError for a modified file
         where = f"the linearised state of {context.model_dir}"
+        if (context.train_fingerprint is not None
+                and meta.get("ntk_linearised_data_fingerprint") != context.train_fingerprint):
+            raise ArtifactError(f"{where} was fitted on other samples than the training data of this model; use "
+                                f"the same --data and --size as `privkit train`, or re-create the run")
         shapes = [list(p.shape) for p in selected.values()]
         anchor = flatten_parameters(w0, torch.float64)
         point = anchor if linearise_at is None else flatten_parameters(linearise_at, torch.float64)

@@ -386,7 +386,8 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
                 lin_state = fit_linearised_state(model, w0, fine_set, ds.schema.index(target), peft, anchor,
                                                  linearise_at={n: live[n].detach().clone() for n in w0},
                                                  ntk_state=state)
-                state_meta.update(save_linearised_state(run.path, lin_state))
+                state_meta.update(save_linearised_state(run.path, lin_state),
+                                  ntk_linearised_data_fingerprint=fine_set.fingerprint())
                 report.set_metric("ntk_linearised_fit_seconds", lin_state.fit_seconds_)
         elif keep_ntk_state:
             report.text(f"The NTK state was not kept: {state_skipped}. fast-ntk runs one-shot on this model.",

@@ -1,7 +1,8 @@
-"""fast-ntk step="linearised-ce" end to end (needs /tmp/ntkacc/wiring.patch applied).
+"""fast-ntk step="linearised-ce" end to end.
 
-The kept-state request (no network pass: one step + subspace Newton, or exact Newton-CG) must
-reproduce the one-shot exact minimiser of the linearised cross-entropy; the default step is unchanged.
+The kept-state request (no network pass: one step + subspace Newton, or exact Newton-CG) must land
+far closer to the one-shot exact minimiser of the linearised cross-entropy than the one-step update
+does; a kept state is refused for other training data; bad options are ConfigErrors.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import pytest
 import torch
 
-from privkit.errors import ConfigError
+from privkit.errors import ArtifactError, ConfigError
 from privkit.unlearn import get_unlearner
 from privkit.unlearn.ntk_linearized import LINEARISED_STATE_FILE
 from privkit.unlearn.run import prepare_request, run_method
@@ -62,3 +63,16 @@ def test_linearised_step_refuses_the_trapezium_scale(peft_run):
         _run(folder, ds, "class=3", step="linearised-ce", scale="trapezium")
     with pytest.raises(ConfigError, match="step='bogus'"):
         _run(folder, ds, "class=3", step="bogus")
+
+
+def test_kept_linearised_state_is_refused_for_other_training_data(peft_run):
+    folder, ds = peft_run
+    req = prepare_request(folder, "digits", "class=3", size=SIZE, dataset=ds)
+    # prepare_request already refuses other --data/--size; a context that names other training samples
+    # (an API caller's) must be refused by the linearised state's own check, which solver="cholesky"
+    # reaches without loading the kept NTK state
+    req.context.train_fingerprint = "0" * 64
+    method = get_unlearner("fast-ntk", step="linearised-ce", solver="cholesky")
+    with pytest.raises(ArtifactError, match="other samples than the training data"):
+        method.check(req.start_model, req.context)
+        run_method(method, req)
