@@ -185,7 +185,8 @@ class ImageGenerator(nn.Module):
     def __init__(self, channels: int, noise_dim: int, width: int = 24, blocks: int = 3, down: int = 2,
                  init_scale: float = 0.3, max_logit: float | None = None):
         super().__init__()
-        if max_logit is not None and not (math.isfinite(max_logit) and max_logit > 0):
+        if max_logit is not None and (isinstance(max_logit, bool) or not isinstance(max_logit, (int, float))
+                                      or not (math.isfinite(max_logit) and max_logit > 0)):
             raise ConfigError(f"max_logit={max_logit} must be > 0 (None: unbounded residual), e.g. 3")
         # blocks run at 1/down resolution: attributes are mostly coarse shape, and it keeps a CPU fast
         self.net = _ConvResidualNet(2, channels, noise_dim, width, blocks, 3, down, init_scale)

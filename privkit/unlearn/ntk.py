@@ -696,18 +696,6 @@ def _nonzero_rows(rows: Tensor) -> Tensor:
     return (rows != 0).any(dim=1)
 
 
-def _forget_terms(model: nn.Module, point: Mapping[str, Tensor], x: Tensor, y: Tensor,
-                  loss: str, chunk_size: int, mode: str, weighting: str, drop_budget: float = 0.0
-                  ) -> tuple[Tensor, Tensor, int]:
-    """The forget set's Gram rows :math:`M^TJ_f` (m, P), :math:`J_f^Tr_f` (P,) and C.
-
-    :func:`_forget_rows` with the samples stacked and the all-zero (padding) rows left out.
-    """
-    rows, jtr, n_classes, _ = _forget_rows(model, point, x, y, loss, chunk_size, mode, weighting, drop_budget)
-    flat = rows.reshape(-1, rows.shape[-1])
-    return flat[_nonzero_rows(flat)], jtr, n_classes
-
-
 #: A rank-one block must match its factors to this many units of the Jacobian dtype's round-off.
 RANK_ONE_ULPS = 64
 
@@ -1380,15 +1368,6 @@ class NTKState:
             res_pre, previous = float(res @ pre), res_pre
             direction = pre + (res_pre / previous) * direction
         return None, max_iter
-
-    def _solve(self, rhs: Tensor, lam: float, removed: Tensor, method: str) -> tuple[Tensor, str]:
-        """Solve :math:`(Q\\Lambda Q^T - U^TU + \\lambda I) z = \\mathrm{rhs}` with U = ``removed`` (dense rows).
-
-        ``removed`` holds the rows already committed since the factorisation (``removed_jacobian_``)
-        followed by new ones (:meth:`_solve_downdate`).
-        """
-        n_committed = self.removed_jacobian_.shape[0]
-        return self._solve_downdate(rhs, lam, removed[n_committed:], None, None, method)[:2]
 
     def _solve_rotated(self, rhs: Tensor, lam: float, rotated: Tensor, method: str,
                        pending: Tensor | None = None) -> tuple[Tensor, str]:

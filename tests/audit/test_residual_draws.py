@@ -26,7 +26,7 @@ def test_unit_cube_draws_are_uniform_per_coordinate_and_uncorrelated():
     assert np.abs(unit.var(axis=0) - 1 / 3).max() < 5 * np.sqrt(4 / 45 / n)
     corr = np.corrcoef(unit, rowvar=False)
     assert np.abs(corr - np.eye(12)).max() < 5 / np.sqrt(n)
-    # every value is a cell midpoint (2I + 1) / 2^16 strictly inside (-1, 1), and both ends are reached
+    # every value is a cell midpoint (2I + 1) / 2^16 strictly inside (-1, 1)
     grid = unit * 2**15 - 0.5
     assert np.array_equal(grid, np.round(grid)) and grid.min() >= -2**15 and grid.max() <= 2**15 - 1
     # the distribution is the same across samples: the pooled draws of two halves of the samples agree

@@ -45,6 +45,6 @@ def test_bounded_residual_stays_within_max_logit_of_the_input():
 def test_bound_off_by_default_and_validated():
     gen = create_generator("image-resnet", SCHEMA, 4)
     assert gen.max_logit is None
-    for bad in (0.0, -1.0, float("inf")):
+    for bad in (0.0, -1.0, float("inf"), "3", True):
         with pytest.raises(ConfigError, match="max_logit"):
             create_generator("image-resnet", SCHEMA, 4, max_logit=bad)
