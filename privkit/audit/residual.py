@@ -484,6 +484,10 @@ class ResidualResult:
     confidence: float
     ci_method: str
     summary: list = field(default_factory=list)
+    #: ``"grid16"``: the L-inf uniform draws are 16-bit grid midpoints, four per 64-bit word (the default);
+    #: ``"exact"``: ``exact_draws=True``, one float draw per value (the stream of earlier releases). The
+    #: Gaussian and L2 draws are the same in both. Recorded so an audit can be reproduced from its seed.
+    draws: str = "grid16"
 
     @property
     def r_tau(self) -> np.ndarray:
@@ -502,7 +506,7 @@ class ResidualResult:
 
     def to_metrics(self, headline_tau: float | None = None) -> dict:
         """Headline keys (``mean_r_tau``, ``ci_low``, ``ci_high``, ``frac_above_1``, the raw rates,
-        ``tau``) plus ``tier``, ``norm``, ``sampler``, ``samples``, ``confidence`` and the per-tau table."""
+        ``tau``) plus ``tier``, ``norm``, ``sampler``, ``draws``, ``samples``, ``confidence`` and the per-tau table."""
         row = dict(self.summary[self._tau_index(headline_tau)])
         out = {
             "mean_r_tau": row["mean_r_tau"],
@@ -515,6 +519,7 @@ class ResidualResult:
             "tier": self.tier,
             "norm": self.norm,
             "sampler": self.sampler,
+            "draws": self.draws,
             "samples": self.samples,
             "num_forget": int(self.labels.shape[0]),
             "confidence": self.confidence,
@@ -806,7 +811,7 @@ def residual_knowledge(unlearned: nn.Module, reference: nn.Module | None, x, y=N
     summary = _summarise(taus_arr, k_m, k_a, samples, confidence, ci_method, seed)
     return ResidualResult(taus=taus_arr, k_unlearned=k_m, k_reference=k_a, labels=y_all, samples=int(samples),
                           norm=norm, sampler=sampler, tier=tier, confidence=float(confidence), ci_method=ci_method,
-                          summary=summary)
+                          summary=summary, draws="exact" if exact_draws else "grid16")
 
 
 # held-out neighbourhoods use a separate family of streams so they never share draws with forget samples
@@ -871,4 +876,4 @@ def residual_knowledge_loop(unlearned: nn.Module, reference: nn.Module, x: torch
     summary = _summarise(taus_arr, k_m, k_a, samples, confidence, ci_method, seed)
     return ResidualResult(taus=taus_arr, k_unlearned=k_m, k_reference=k_a, labels=y.numpy(), samples=int(samples),
                           norm=norm, sampler=sampler, tier="reference", confidence=float(confidence),
-                          ci_method=ci_method, summary=summary)
+                          ci_method=ci_method, summary=summary, draws="exact" if exact_draws else "grid16")
