@@ -641,26 +641,29 @@ class LinearisedState:
         needed = {"w0", "point", "jac", "logits", "y", "ids", "delta", "loss_gradient"}
         if not isinstance(meta, dict) or meta.get("format") != cls.FORMAT or needed - set(tensors):
             raise ArtifactError(f"{path} is not a privkit linearised NTK state ({cls.FORMAT}); re-create it")
-        n, n_classes, n_params = tensors["jac"].shape
-        subspace = {"basis", "basis_eigvals", "jac_basis"} & set(tensors)
-        bad_subspace = bool(subspace) and (
-            len(subspace) != 3 or tensors["basis"].shape[0] != n_params
-            or tensors["jac_basis"].shape != (n, n_classes, tensors["basis"].shape[1])
-            or tensors["basis_eigvals"].shape != (tensors["basis"].shape[1],))
-        if (tensors["logits"].shape != (n, n_classes) or tensors["y"].shape != (n,) or tensors["ids"].shape != (n,)
-                or any(tensors[k].shape != (n_params,) for k in ("w0", "point", "delta", "loss_gradient"))
-                or bad_subspace):
-            raise ArtifactError(f"{path} has inconsistent shapes; re-create it")
-        state = cls(meta["params"], meta["weight_decay"], meta["chunk_size"], meta["grad_tol"], meta["max_newton"],
-                    meta["max_cg"], meta.get("subspace_tol"))
-        state.param_names_, state.param_shapes_ = list(meta["param_names"]), [list(s) for s in meta["param_shapes"]]
-        state.fit_seconds_ = float(meta["fit_seconds"])
-        state.w0_, state.point_, state.jac_, state.logits_ = (tensors[k] for k in ("w0", "point", "jac", "logits"))
-        state.y_, state.ids_, state.delta_ = tensors["y"], tensors["ids"], tensors["delta"]
-        state.loss_gradient_ = tensors["loss_gradient"]
-        if subspace:
-            state.basis_, state.basis_eigvals_, state.jac_basis_ = (tensors[k] for k in
-                                                                    ("basis", "basis_eigvals", "jac_basis"))
+        try:
+            n, n_classes, n_params = tensors["jac"].shape
+            subspace = {"basis", "basis_eigvals", "jac_basis"} & set(tensors)
+            bad_subspace = bool(subspace) and (
+                len(subspace) != 3 or tensors["basis"].shape[0] != n_params
+                or tensors["jac_basis"].shape != (n, n_classes, tensors["basis"].shape[1])
+                or tensors["basis_eigvals"].shape != (tensors["basis"].shape[1],))
+            if (tensors["logits"].shape != (n, n_classes) or tensors["y"].shape != (n,) or tensors["ids"].shape != (n,)
+                    or any(tensors[k].shape != (n_params,) for k in ("w0", "point", "delta", "loss_gradient"))
+                    or bad_subspace):
+                raise ArtifactError(f"{path} has inconsistent shapes; re-create it")
+            state = cls(meta["params"], meta["weight_decay"], meta["chunk_size"], meta["grad_tol"], meta["max_newton"],
+                        meta["max_cg"], meta.get("subspace_tol"))
+            state.param_names_, state.param_shapes_ = list(meta["param_names"]), [list(s) for s in meta["param_shapes"]]
+            state.fit_seconds_ = float(meta["fit_seconds"])
+            state.w0_, state.point_, state.jac_, state.logits_ = (tensors[k] for k in ("w0", "point", "jac", "logits"))
+            state.y_, state.ids_, state.delta_ = tensors["y"], tensors["ids"], tensors["delta"]
+            state.loss_gradient_ = tensors["loss_gradient"]
+            if subspace:
+                state.basis_, state.basis_eigvals_, state.jac_basis_ = (tensors[k] for k in
+                                                                        ("basis", "basis_eigvals", "jac_basis"))
+        except (KeyError, TypeError, ValueError) as exc:  # a header naming the right format, malformed inside
+            raise ArtifactError(f"{path} is a malformed linearised NTK state ({exc!r}); re-create it") from None
         return state
 
 

@@ -175,6 +175,21 @@ def test_kept_state_refuses_bad_requests_and_foreign_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a state")
     with pytest.raises(ArtifactError, match="not a readable safetensors"):
         LinearisedState.load(tmp_path / "junk.safetensors")
+    # the right format name but a metadata block missing its keys, or a Jacobian that is not 3-D
+    import json
+
+    from safetensors.torch import save_file
+
+    good = {"w0", "point", "delta", "loss_gradient"}
+    tensors = {k: torch.zeros(4) for k in good} | {"jac": torch.zeros(2, 3, 4), "logits": torch.zeros(2, 3),
+                                                  "y": torch.zeros(2), "ids": torch.zeros(2)}
+    metadata = {LinearisedState._METADATA_KEY: json.dumps({"format": LinearisedState.FORMAT})}
+    save_file(tensors, str(tmp_path / "keys.safetensors"), metadata=metadata)
+    with pytest.raises(ArtifactError, match="malformed linearised NTK state"):
+        LinearisedState.load(tmp_path / "keys.safetensors")
+    save_file(tensors | {"jac": torch.zeros(6, 4)}, str(tmp_path / "flat.safetensors"), metadata=metadata)
+    with pytest.raises(ArtifactError, match="malformed linearised NTK state"):
+        LinearisedState.load(tmp_path / "flat.safetensors")
 
 
 def test_run_folder_state_is_checksum_verified(tmp_path):
