@@ -1700,14 +1700,18 @@ class NTKState:
         if needed - tensor_names:
             raise ArtifactError(f"NTK state {path} lacks {sorted(needed - tensor_names)}; "
                                 "rebuild it with NTKState.fit")
-        state = cls(**meta["hyperparameters"])
-        state.param_names_ = list(meta["param_names"])
-        state.param_shapes_ = [list(s) for s in meta["param_shapes"]]
-        state.n_samples_ = int(meta["n_samples"])
-        state.n_fit_samples_ = int(meta["n_fit_samples"])
-        state.n_classes_ = int(meta["n_classes"])
-        state.n_requests_ = int(meta["n_requests"])
-        state.one_off_seconds_ = dict(meta["one_off_seconds"])
+        try:
+            state = cls(**meta["hyperparameters"])
+            state.param_names_ = list(meta["param_names"])
+            state.param_shapes_ = [list(s) for s in meta["param_shapes"]]
+            state.n_samples_ = int(meta["n_samples"])
+            state.n_fit_samples_ = int(meta["n_fit_samples"])
+            state.n_classes_ = int(meta["n_classes"])
+            state.n_requests_ = int(meta["n_requests"])
+            state.one_off_seconds_ = dict(meta["one_off_seconds"])
+        except (KeyError, TypeError, ValueError) as exc:  # the format named, its metadata malformed
+            raise ArtifactError(f"NTK state {path} has malformed metadata ({exc!r}); rebuild it with "
+                                f"NTKState.fit") from None
         # absent in states saved before it was recorded: their requests keep every direction
         bound = meta.get("jacobian_sq_norm")
         state.jacobian_sq_norm_ = float(bound) if isinstance(bound, (int, float)) and bound > 0 else None

@@ -220,3 +220,11 @@ def test_request_with_the_rotated_rows_formed_up_front_equals_the_exact_downdate
         monkeypatch.setattr(NTKState, "CG_CACHE_BYTES", cache_bytes)
         _, info = state.forget(model, x[3:9], y[3:9], method=method, commit=False, rank_tol=0.0)
         torch.testing.assert_close(flatten_parameters(info["delta"], F64), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_state_naming_the_format_with_malformed_metadata_is_an_artifact_error(tmp_path):
+    names = ["w0", "gram", "jtr", "eigvals", "eigvecs", "removed_jacobian", "delta", "point", "removed_eig"]
+    metadata = {NTKState._METADATA_KEY: json.dumps({"format": NTKState.FORMAT})}
+    save_file({k: torch.zeros(2) for k in names}, str(tmp_path / "s.safetensors"), metadata=metadata)
+    with pytest.raises(ArtifactError, match="malformed metadata"):
+        NTKState.load(tmp_path / "s.safetensors")
