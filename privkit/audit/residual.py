@@ -651,13 +651,16 @@ def _accepts_out(fn: Callable) -> bool:
 # --------------------------------------------------------------------------------------------
 # estimator
 # --------------------------------------------------------------------------------------------
-def _audit_scratch_bytes(chunk: int, samples: int, xc: torch.Tensor, n_taus: int, n_models: int) -> int:
-    """Bytes an audit's :class:`Workspace` reserves: perturbed inputs, predictions, one kind of unit
-    draws and the random words of the 16-bit draws, for chunks of ``chunk`` forget samples."""
+def _audit_scratch_bytes(chunk: int, samples: int, xc: torch.Tensor, n_taus: int, n_models: int,
+                         perturbed: bool = True) -> int:
+    """Bytes an audit's :class:`Workspace` reserves: perturbed inputs (only where the sampler writes
+    into a buffer, ``perturbed``), predictions, one kind of unit draws and the random words of the
+    16-bit draws, for chunks of ``chunk`` forget samples."""
     inputs = chunk * samples
     d = math.prod(xc.shape[1:])
     words = chunk * -(-samples * d // _LANES_PER_WORD)
-    slots = [inputs * d * xc.element_size(), n_taus * n_models * inputs * 8, inputs * d * 4, words * 8]
+    slots = [inputs * d * xc.element_size() if perturbed else 0, n_taus * n_models * inputs * 8, inputs * d * 4,
+             words * 8]
     return sum(-(-n // Workspace.ALIGN) * Workspace.ALIGN for n in slots)
 
 
@@ -686,7 +689,8 @@ def _neighbourhood_counts(model_for_sampler, models, x, y, taus, norm, sampler, 
             yc = yb[start:start + chunk].to(device)
             b = xc.shape[0]
             if workspace is None:
-                workspace = Workspace(_audit_scratch_bytes(chunk, samples, xc, len(taus), len(models)), device)
+                workspace = Workspace(_audit_scratch_bytes(chunk, samples, xc, len(taus), len(models), into_buffer),
+                                      device)
             streams = NoiseStreams.for_samples(seed, range(stream_offset + seen, stream_offset + seen + b), device,
                                                exact=exact_draws, workspace=workspace)
             extra = {}
