@@ -86,6 +86,7 @@ from privkit.unlearn.jacobian import (
 )
 
 __all__ = [
+    "preconditioned_cg",
     "RESIDUALS",
     "SOLVERS",
     "register_residual",
@@ -267,6 +268,44 @@ def register_solver(name: str) -> Callable[[SolverFn], SolverFn]:
         return fn
 
     return decorate
+
+
+def preconditioned_cg(apply: Callable[[Tensor], Tensor], rhs: Tensor, precondition: Callable[[Tensor], Tensor],
+                      tol: float, max_iter: int, start: Tensor | None = None,
+                      preconditioned_norm: bool = False) -> tuple[Tensor, int, bool]:
+    r"""Preconditioned conjugate gradients for an SPD operator; ``(solution, iterations, converged)``.
+
+    Solves ``apply(z) = rhs`` from ``start`` (default 0) with the preconditioner :math:`M^{-1}` =
+    ``precondition``. Stops once :math:`\lVert r\rVert \le` ``tol`` :math:`\lVert b\rVert`, or with
+    ``preconditioned_norm`` once :math:`r^TM^{-1}r \le` ``tol``:math:`^2\, b^TM^{-1}b`. A direction
+    of non-positive curvature (round-off on an SPD system) or ``max_iter`` products end it unconverged,
+    with the best solution found so far.
+    """
+    solution = torch.zeros_like(rhs) if start is None else start.clone()
+    res = rhs.clone() if start is None else rhs - apply(solution)
+    pre = precondition(res)
+    direction = pre.clone()
+    res_pre = float(res @ pre)
+    if preconditioned_norm:
+        stop = tol ** 2 * float(rhs @ precondition(rhs))
+    else:
+        stop = tol * float(rhs.norm())
+    for iteration in range(max_iter + 1):
+        if (res_pre if preconditioned_norm else float(res.norm())) <= stop:
+            return solution, iteration, True
+        if iteration == max_iter:
+            break
+        applied = apply(direction)
+        curvature = float(direction @ applied)
+        if not curvature > 0:
+            break
+        step = res_pre / curvature
+        solution.add_(direction, alpha=step)
+        res.sub_(applied, alpha=step)
+        pre = precondition(res)
+        res_pre, previous = float(res @ pre), res_pre
+        direction = pre + (res_pre / previous) * direction
+    return solution, iteration, False
 
 
 def _spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
@@ -1341,33 +1380,11 @@ class NTKState:
         returns ``None`` when ``max_iter`` is reached first (the caller then solves directly).
         """
         diag = self.eigvals_ + lam
-
-        def apply(v: Tensor) -> Tensor:
-            return diag * v - downdate(v)
-
-        solution = target / diag                                     # B^-1 rhs: the Woodbury start
-        # B solution = target, so the residual is only the downdate's part
-        res = downdate(solution)
-        pre = res / diag
-        direction = pre.clone()
-        res_pre = float(res @ pre)
-        stop = (self.CG_TOL ** 2) * float(target @ (target / diag))
-        for iteration in range(max_iter + 1):
-            if res_pre <= stop:
-                return solution, iteration
-            if iteration == max_iter:
-                break
-            applied = apply(direction)
-            curvature = float(direction @ applied)
-            if not curvature > 0:
-                break  # A_r lost positive definiteness to round-off: solve directly
-            step = res_pre / curvature
-            solution.add_(direction, alpha=step)
-            res.sub_(applied, alpha=step)
-            pre = res / diag
-            res_pre, previous = float(res @ pre), res_pre
-            direction = pre + (res_pre / previous) * direction
-        return None, max_iter
+        # started at B^-1 rhs, the Woodbury start
+        solution, iterations, converged = preconditioned_cg(
+            lambda v: diag * v - downdate(v), target, lambda r: r / diag, self.CG_TOL, max_iter,
+            start=target / diag, preconditioned_norm=True)
+        return (solution if converged else None), iterations
 
     def _solve_rotated(self, rhs: Tensor, lam: float, rotated: Tensor, method: str,
                        pending: Tensor | None = None) -> tuple[Tensor, str]:

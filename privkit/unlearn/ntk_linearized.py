@@ -58,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from privkit.errors import ConfigError
+from privkit.unlearn.ntk import preconditioned_cg
 
 __all__ = ["LinearisedCE", "LinearisedSolve", "LinearisedState", "minimise_linearised_ce", "stacked_jacobian",
            "one_step_preconditioner", "linearised_forget_delta", "LINEARISED_STATE_FILE", "LINEARISED_STATE_KEYS",
@@ -162,31 +163,6 @@ class LinearisedSolve:
     values: list[float] = field(default_factory=list)
 
 
-def _pcg(apply: Callable[[Tensor], Tensor], rhs: Tensor, precondition: Callable[[Tensor], Tensor],
-         rel_tol: float, max_iter: int) -> tuple[Tensor, int]:
-    """Preconditioned conjugate gradients for SPD ``apply``; stops at ``||r|| <= rel_tol ||rhs||``."""
-    solution = torch.zeros_like(rhs)
-    res = rhs.clone()
-    pre = precondition(res)
-    direction = pre.clone()
-    res_pre = float(res @ pre)
-    stop = rel_tol * float(rhs.norm())
-    for iteration in range(max_iter):
-        if float(res.norm()) <= stop:
-            return solution, iteration
-        applied = apply(direction)
-        curvature = float(direction @ applied)
-        if not curvature > 0:
-            break  # round-off only (the system is SPD): keep what was found
-        step = res_pre / curvature
-        solution.add_(direction, alpha=step)
-        res.sub_(applied, alpha=step)
-        pre = precondition(res)
-        res_pre, previous = float(res @ pre), res_pre
-        direction = pre + (res_pre / previous) * direction
-    return solution, max_iter
-
-
 def minimise_linearised_ce(problem: LinearisedCE, precondition: Callable[[Tensor], Tensor] | None = None,
                            start: Tensor | None = None, grad_tol: float = 1e-6, max_newton: int = 50,
                            max_cg: int = 200, armijo: float = 1e-4, grad_scale: float | None = None
@@ -243,8 +219,10 @@ def minimise_linearised_ce(problem: LinearisedCE, precondition: Callable[[Tensor
         grad_norm = float(grad.norm())
         if grad_norm <= stop:
             return LinearisedSolve(delta, iteration, cg_total, grad_norm, value, True, values)
-        step, used = _pcg(lambda v: problem.hessian_vector(prob, v), -grad, precondition,
-                          min(0.5, (grad_norm / max(first_norm, grad_norm)) ** 0.5), max_cg)
+        # inexact Newton: the forcing term shrinks with the gradient; an unconverged CG step is still a
+        # descent direction (checked below)
+        step, used, _ = preconditioned_cg(lambda v: problem.hessian_vector(prob, v), -grad, precondition,
+                                          min(0.5, (grad_norm / max(first_norm, grad_norm)) ** 0.5), max_cg)
         cg_total += used
         slope = float(grad @ step)
         if not slope < 0:
