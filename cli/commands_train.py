@@ -30,6 +30,9 @@ def train(data: str = DataOpt,
           target_epsilon: float = typer.Option(8.0, "--target-epsilon"), delta: float = typer.Option(1e-5, "--delta"),
           max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
           peft: Optional[str] = typer.Option(None, "--peft", help="parameter-efficient fine-tuning: bn | prompt"),
+          replay_state: bool = typer.Option(False, "--replay-state",
+                                            help="with --peft: also keep what `privkit unlearn --method fast-ntk "
+                                                 "--option step=replay` requests need (one-off cost)"),
           resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
           overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
           task: str = typer.Option("classifier", "--task", help="classifier | i2i (inpainting/outpainting model; "
@@ -49,7 +52,8 @@ def train(data: str = DataOpt,
         from privkit.cli.commands_i2i import i2i_train
 
         ignored = [flag for flag, given in (("--dp", dp), ("--peft", peft is not None), ("--bin", bool(bins)),
-                                             ("--weight-decay", weight_decay != 0.0)) if given]
+                                             ("--weight-decay", weight_decay != 0.0),
+                                             ("--replay-state", replay_state)) if given]
         if ignored:
             raise ConfigError(f"{', '.join(ignored)} do not apply to --task i2i; drop them")
 
@@ -60,6 +64,8 @@ def train(data: str = DataOpt,
         raise ConfigError(f"--task {task!r} is not one of classifier, i2i")
     if target is None:
         raise ConfigError("--target is required: name the attribute to predict (see `privkit datasets info`)")
+    if replay_state and peft is None:
+        raise ConfigError("--replay-state applies to --peft training only; add --peft bn (or prompt) or drop it")
     if dp and peft is not None:
         raise ConfigError("--dp with --peft is not supported yet (the PEFT path trains without DP-SGD); drop one of them")
 
@@ -74,7 +80,7 @@ def train(data: str = DataOpt,
         from privkit.cli.commands_peft import train_peft  # lands with the unlearning module
 
         run = train_peft(ds, data, target, out, model, peft, epochs, batch_size, lr, weight_decay, seed, data_seed, size,
-                         resume, overwrite)
+                         resume, overwrite, keep_replay_state=replay_state)
     else:
         run = train_run(data, target, out, model_name=model, epochs=epochs, batch_size=batch_size, lr=lr,
                         weight_decay=weight_decay, seed=seed, data_seed=data_seed, size=size, dp=dp_cfg, resume=resume,

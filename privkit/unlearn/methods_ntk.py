@@ -74,9 +74,10 @@ DEFAULT_NTK_CHUNK_SIZE = 32
 NTK_STATE_LOSS = "ce"
 NTK_STATE_LAMBDA_SCALING = "per-set"  # lambda_S = |S| wd, as ntk_unlearn's default
 KEPT_STATE_MODES = ("auto", "off")
-#: ``step``: one Gauss-Newton step (the closed form), or the exact minimiser of the linearised cross-entropy
-#: (:mod:`privkit.unlearn.ntk_linearized`)
-STEP_MODES = ("newton", "linearised-ce")
+#: ``step``: one Gauss-Newton step (the closed form), the exact minimiser of the linearised cross-entropy
+#: (:mod:`privkit.unlearn.ntk_linearized`), or the training recipe replayed on the linearised network
+#: (:mod:`privkit.unlearn.ntk_replay`)
+STEP_MODES = ("newton", "linearised-ce", "replay")
 LINEARISE_MODES = ("auto", "pretrained", "trained", "init")
 WEIGHTING_MODES = ("auto", "identity", "ggn")
 #: What ``linearise="auto"`` means for a model trained with ``--peft`` (the kept state's recipe).
@@ -153,10 +154,12 @@ class _NTKBase:
     def __init__(self, scale: float | str = 1.0, weight_decay: float | None = None, solver: str = "auto",
                  chunk_size: int = DEFAULT_NTK_CHUNK_SIZE, loss: str = NTK_STATE_LOSS, linearise: str = "auto",
                  kept_state: str = "auto", weighting: str = "auto", ggn_rank_tol: float | None = None,
-                 step: str = "newton"):
+                 step: str = "newton", replay_points: int | None = None):
         from privkit.unlearn.ntk import DEFAULT_GGN_RANK_TOL
+        from privkit.unlearn.ntk_replay import DEFAULT_REPLAY_POINTS
 
         self.step = step
+        self.replay_points = DEFAULT_REPLAY_POINTS if replay_points is None else replay_points
         self.scale = scale
         self.ggn_rank_tol = DEFAULT_GGN_RANK_TOL if ggn_rank_tol is None else ggn_rank_tol
         self.linearise = linearise
@@ -186,6 +189,9 @@ class _NTKBase:
         self._check_rank_tol()
         if self.step not in STEP_MODES:
             raise ConfigError(f"step={self.step!r}; choose one of {', '.join(STEP_MODES)}")
+        if self.step == "replay" and context.w0 is None:
+            raise ConfigError("step='replay' replays the parameter-efficient fine-tuning from its pretrained values "
+                              "w0; it needs a model trained with `privkit train --peft`, or use step='newton'")
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
         t_start = time.perf_counter()
@@ -315,6 +321,8 @@ class _NTKBase:
         if self.step == "linearised-ce":
             return self._unlearn_linearised(model, selected, kind, w0, linearise_at, point, weighting, wd, retain,
                                             forget, t, forget_x, forget_y, context, t_start)
+        if self.step == "replay":
+            return self._unlearn_replay(model, selected, kind, retain, forget, t, context, t_start)
         state, why = self._kept_state(selected, kind, context)
         if state is not None:
             # only the forget set's Jacobians and a downdate; the state is moved to D_r afterwards, off the
@@ -350,6 +358,81 @@ class _NTKBase:
         updated.eval()
         return updated
 
+
+    def _replay_state(self, selected: dict, kind: str, context: UnlearnContext):
+        """``(state, why)``: the run folder's kept replay state when it answers this request, else ``None``."""
+        from privkit.unlearn.jacobian import flatten_parameters
+        from privkit.unlearn.ntk_replay import SOLVE_DTYPE, load_replay_state
+
+        meta = context.model_meta or {}
+        if self.kept_state == "off":
+            return None, "kept_state='off' was asked for"
+        if context.model_dir is None or not meta.get("ntk_replay_sha256"):
+            return None, "the model's run folder keeps no replay state"
+        state = load_replay_state(context.model_dir, meta)  # ArtifactError for a modified file
+        where = f"the replay state of {context.model_dir}"
+        if context.train_fingerprint is not None and meta.get("ntk_replay_data_fingerprint") != context.train_fingerprint:
+            raise ArtifactError(f"{where} was fitted on other samples than the training data of this model; use "
+                                f"the same --data and --size as `privkit train`, or re-create the run")
+        shapes = [list(p.shape) for p in selected.values()]
+        if (state.net.names != list(selected) or state.net.shapes != shapes
+                or not torch.equal(state.w0, flatten_parameters({n: context.w0[n] for n in selected},
+                                                                SOLVE_DTYPE))):
+            raise ArtifactError(f"{where} was fitted for other parameters or another w0 than the model's; the "
+                                f"artifact was modified, re-create it with `privkit train --peft`")
+        if state.params != kind:
+            return None, f"it covers the {state.params!r} parameters"
+        if len(state.nets) != self.replay_points:
+            return None, f"it holds {len(state.nets)} linearisation points, not replay_points={self.replay_points}"
+        if not torch.equal(state.trained, flatten_parameters(selected, SOLVE_DTYPE)):
+            return None, "the model's weights differ from those the state was fitted at (an earlier request changed them)"
+        return state, f"{where} covers the model's training samples with the same recipe"
+
+    def _unlearn_replay(self, model, selected, kind, retain, forget, t, context: UnlearnContext,
+                        t_start: float) -> nn.Module:
+        """``step="replay"``: :math:`w^* + s(\\delta_{D_r} - \\delta_D)` with the recipe replayed on the network
+        linearised piecewise along :math:`w_0 \\to w^*` (:mod:`privkit.unlearn.ntk_replay`).
+
+        From the run folder's kept :class:`~privkit.unlearn.ntk_replay.ReplayState` when it matches (no
+        network pass), else one-shot: the Jacobians over :math:`D_r` and :math:`D_f` (the full replay then
+        visits :math:`D` as retain samples followed by forget samples, not in the training order).
+        """
+        from privkit.unlearn.jacobian import unflatten_parameters
+        from privkit.unlearn.ntk import _apply_delta
+        from privkit.unlearn.jacobian import flatten_parameters
+        from privkit.unlearn.ntk_replay import (SOLVE_DTYPE, ReplayRecipe, linearise_for_replay, path_points,
+                                                replay_forget_delta)
+
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
+            raise ConfigError(f"step='replay' takes a numeric scale, got {self.scale!r}")
+        if context.w0 is None:
+            raise ConfigError("step='replay' needs a model trained with `privkit train --peft` (its w0); "
+                              "use step='newton'")
+        recipe = ReplayRecipe.from_training(context.recipe, seed=context.seed)
+        points = path_points({n: context.w0[n] for n in selected}, selected, self.replay_points)  # checks the option
+        state, why = self._replay_state(selected, kind, context)
+        if state is not None:
+            delta_flat, info = state.forget(forget.base_indices, recipe)
+            one_off = float((context.model_meta or {}).get("ntk_replay_fit_seconds", 0.0))
+        else:
+            w0 = {n: context.w0[n] for n in selected}
+            retain_x, retain_y = _x_y(retain, t)
+            forget_x, forget_y = _x_y(forget, t)
+            x, y = torch.cat([retain_x, forget_x]), torch.cat([retain_y, forget_y])
+            nets = [linearise_for_replay(model, w0, point, x, y, self.chunk_size) for point in points]
+            path = flatten_parameters(selected, SOLVE_DTYPE) - flatten_parameters(w0, SOLVE_DTYPE)
+            delta_flat, info = replay_forget_delta(nets, torch.arange(len(retain_y)), recipe, path=path)
+            one_off = 0.0
+        delta = unflatten_parameters(delta_flat, selected)
+        updated = copy_model(model)
+        _apply_delta(updated, list(selected), {n: float(self.scale) * d for n, d in delta.items()})
+        info = dict(info, step="replay",
+                    linearisation_point=f"{len(points)} points on the path w0 -> trained weights",
+                    recipe=recipe.to_dict(), path="kept-state" if state is not None else "one-shot", path_reason=why,
+                    one_off_seconds=one_off, per_request_seconds=time.perf_counter() - t_start)
+        context.info["ntk"] = info
+        updated.eval()
+        return updated
 
     def _linearised_state(self, selected: dict, kind: str, w0: dict, linearise_at: dict | None, wd: float,
                           context: UnlearnContext):
@@ -460,13 +543,20 @@ class NTKUnlearner(_NTKBase):
         retain-set step changes by at most this fraction (a proven bound,
         :meth:`~privkit.unlearn.ntk.NTKState.forget`). Default
         :data:`~privkit.unlearn.ntk.DEFAULT_GGN_RANK_TOL` (``1e-6``); ``0`` keeps every direction.
-    step : {"newton", "linearised-ce"}
+    step : {"newton", "linearised-ce", "replay"}
         ``newton``: the closed form, one Gauss-Newton step of the retraining objective. ``linearised-ce``:
         the exact minimisers :math:`\\delta_S` of the linearised network's cross-entropy
         :math:`\\Phi_S(\\delta) = \\sum_{i\\in S}\\mathrm{CE}(z_i + J_i\\delta, y_i) + \\tfrac{\\lambda_S}2
         \\lVert a+\\delta-w_0\\rVert^2` (Newton-CG, :mod:`privkit.unlearn.ntk_linearized`), update
         :math:`w(D) + s(\\delta_{D_r} - \\delta_D)`; served from the run folder's kept linearised state
-        (``ntk_linearised.safetensors``) when there is one.
+        (``ntk_linearised.safetensors``) when there is one. ``replay`` (PEFT models): the fine-tuning
+        recipe replayed on the network linearised along :math:`w_0 \\to w^*`, update
+        :math:`w^* + s(\\delta_{D_r} - \\delta_D)` (:mod:`privkit.unlearn.ntk_replay`); served from the
+        kept replay state (``privkit train --peft ... --replay-state``) when there is one.
+    replay_points : int
+        ``step="replay"``: linearisation points along the path (default
+        :data:`~privkit.unlearn.ntk_replay.DEFAULT_REPLAY_POINTS`); a kept state with another number is
+        not used.
     """
 
     def _weighting_mode(self, context: UnlearnContext) -> str:

@@ -289,7 +289,8 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
                    epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                    data_seed: int = 0, size: int | None = None, resume: bool = False, overwrite: bool = False,
                    progress: bool = True, pretrain_epochs: int | None = None, model_kwargs: dict | None = None,
-                   keep_ntk_state: bool = True, keep_linearised_state: bool = False) -> Path:
+                   keep_ntk_state: bool = True, keep_linearised_state: bool = False,
+                   keep_replay_state: bool = False, replay_points: int | None = None) -> Path:
     """Pretrain on one half of the training split, fine-tune the PEFT parameters on the other half.
 
     Writes a classifier artifact (``load_model`` works on it) plus ``w0.safetensors``; ``meta.json``
@@ -298,6 +299,8 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
     the fine-tuning data (``ntk_state.safetensors``, one-off cost in ``meta.json`` and ``metrics.json``
     as ``ntk_state_fit_seconds``) so ``fast-ntk`` requests need only the forget set's Jacobians; a state
     that would not fit in memory is skipped (the report says why) and ``fast-ntk`` then runs one-shot.
+    ``keep_linearised_state`` / ``keep_replay_state`` also keep what ``fast-ntk step="linearised-ce"`` /
+    ``step="replay"`` requests need (:mod:`privkit.unlearn.ntk_linearized`, :mod:`privkit.unlearn.ntk_replay`).
     Every input check happens before the run folder is created.
     """
     from privkit.classify import TEST_FRACTION, VAL_FRACTION, add_evaluation, classifier_split, evaluate_predictions
@@ -392,6 +395,19 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
         elif keep_ntk_state:
             report.text(f"The NTK state was not kept: {state_skipped}. fast-ntk runs one-shot on this model.",
                         title="Kept NTK state (one-off cost)")
+        if keep_replay_state:
+            from privkit.unlearn.base import TrainingRecipe
+            from privkit.unlearn.ntk_replay import ReplayRecipe, ReplayState, save_replay_state
+
+            # fast-ntk step="replay": the network linearised at the midpoint of w0 and w* over the fine-tuning
+            # samples, in their training order, and the recipe replayed over all of them (one-off cost)
+            x_fine, attrs_fine = fine_set.materialize()
+            replay_state = ReplayState.fit(model, w0, x_fine, attrs_fine[:, ds.schema.index(target)],
+                                           fine_set.base_indices, ReplayRecipe.from_training(
+                                               TrainingRecipe.from_config(config)), peft,
+                                           **({} if replay_points is None else {"points": replay_points}))
+            state_meta.update(save_replay_state(run.path, replay_state, fine_set.fingerprint()))
+            report.set_metric("ntk_replay_fit_seconds", replay_state.fit_seconds)
         meta = model_meta(model, ds.schema, target=target, config=config, metrics=report.to_dict(),
                           data_fingerprint=fine_set.fingerprint(),
                           extra={"split_fingerprint": ds.fingerprint(), "history": history, "peft": peft,

@@ -302,10 +302,14 @@ def unlearn_run(model_dir: str | Path, data_spec: str, forget_spec: str, method_
                          + [[f"seconds: {k}", v] for k, v in ntk.get("timings", {}).items()])
             ntk_costs = _ntk_costs(ntk, seconds)
             kept = ntk_costs["path"] == "kept-state"
-            rows = [["one-off: NTK state over D (J^T J, J^T r, eigendecomposition)", ntk_costs["one_off_seconds"],
+            replay = ntk.get("step") == "replay"
+            rows = [["one-off: replay state over D (linearised network at the midpoint, recipe replayed over D)"
+                     if replay else "one-off: NTK state over D (J^T J, J^T r, eigendecomposition)",
+                     ntk_costs["one_off_seconds"],
                      "once, by `privkit train --peft`" if kept else "nothing kept: paid inside every request"],
-                    ["per request: forget-set Jacobians + downdated solve" if kept
-                     else "per request: Jacobians over all of D + two solves",
+                    ["per request: " + ("recipe replayed over D_r on the stored linearised network" if replay
+                                        else "forget-set Jacobians + downdated solve") if kept
+                     else "per request: Jacobians over all of D + " + ("two replays" if replay else "two solves"),
                      ntk_costs["per_request_seconds"], "every deletion request (RTE)"]]
             if request.context.ntk_state_out is not None:
                 # move the kept state to D_r for the next request; timed apart from the request itself

@@ -1,0 +1,127 @@
+"""fast-ntk step="replay" end to end, through the CLI: kept state, checks, bad input (exit 2, one line).
+
+That the step equals retraining where the linearisation is exact, and equals torch.optim, is
+tested in test_ntk_replay.py; here the kept-state request must reproduce the replay over the
+stored linearised network exactly, and move the model by what the state says.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from privkit.cli.main import app
+from privkit.errors import ArtifactError, ConfigError
+from privkit.unlearn import get_unlearner
+from privkit.unlearn.ntk_replay import REPLAY_STATE_FILE, load_replay_state
+from privkit.unlearn.run import prepare_request, run_method
+
+SIZE = 300
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def peft_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("replay")
+    result = invoke("train", "--data", "digits", "--size", SIZE, "--target", "digit", "--peft", "bn", "--epochs", 2,
+                    "--lr", "1e-2", "--replay-state", "--out", root / "peft")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def _flat(params):
+    return torch.cat([p.detach().reshape(-1).double() for p in params])
+
+
+def test_cli_request_is_served_from_the_kept_replay_state(peft_run):
+    from privkit.models import load_model
+    from privkit.unlearn.jacobian import select_parameters
+
+    run = peft_run / "peft"
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["ntk_replay_file"] == REPLAY_STATE_FILE and meta["ntk_replay_sha256"]
+    out = peft_run / "u"
+    result = invoke("unlearn", "--model", run, "--data", "digits", "--size", SIZE, "--forget", "class=3",
+                    "--method", "fast-ntk", "--option", "step=replay", "--out", out)
+    assert result.exit_code == 0, result.output
+    after, after_meta = load_model(out)
+    before, _ = load_model(run)
+    state = load_replay_state(run, meta)
+    req = prepare_request(run, "digits", "class=3", size=SIZE)
+    update, _ = state.forget(req.forget.base_indices)
+    sel_before, sel_after = select_parameters(before, "bn"), select_parameters(after, "bn")
+    torch.testing.assert_close(_flat(sel_after.values()), _flat(sel_before.values()) + update.float().double(),
+                               rtol=1e-5, atol=1e-6)
+    assert float(update.abs().max()) > 1e-3
+    # only the PEFT parameters moved
+    frozen = [n for n, _ in before.named_parameters() if n not in sel_before]
+    assert frozen and all(torch.equal(dict(before.named_parameters())[n], dict(after.named_parameters())[n])
+                          for n in frozen)
+
+
+def test_replay_without_a_kept_state_runs_one_shot(peft_run):
+    req = prepare_request(peft_run / "peft", "digits", "class=3", size=SIZE)
+    method = get_unlearner("fast-ntk", step="replay", kept_state="off")
+    method.check(req.start_model, req.context)
+    _, _, info = run_method(method, req)
+    assert info["ntk"]["path"] == "one-shot" and info["ntk"]["delta_full"] == "replayed"
+
+
+def test_bad_input_is_one_line_exit_2(peft_run, tmp_path):
+    run = peft_run / "peft"
+    result = invoke("train", "--data", "digits", "--size", SIZE, "--target", "digit", "--replay-state",
+                    "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "--replay-state applies to --peft" in result.output
+    assert not (tmp_path / "x").exists()
+    plain = tmp_path / "plain"
+    assert invoke("train", "--data", "digits", "--size", SIZE, "--target", "digit", "--epochs", 1,
+                  "--out", plain).exit_code == 0
+    result = invoke("unlearn", "--model", plain, "--data", "digits", "--size", SIZE, "--forget", "class=3",
+                    "--method", "fast-ntk", "--option", "step=replay", "--out", tmp_path / "y")
+    assert result.exit_code == 2 and "needs a model trained with `privkit train --peft`" in result.output
+    assert not (tmp_path / "y").exists()
+    # a modified state file is refused before anything is written
+    state_file = run / REPLAY_STATE_FILE
+    original = state_file.read_bytes()
+    try:
+        state_file.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        result = invoke("unlearn", "--model", run, "--data", "digits", "--size", SIZE, "--forget", "class=3",
+                        "--method", "fast-ntk", "--option", "step=replay", "--out", tmp_path / "z")
+        assert result.exit_code == 2 and "checksum" in result.output and len(result.output.strip().splitlines()) == 1
+        assert not (tmp_path / "z").exists()
+    finally:
+        state_file.write_bytes(original)
+
+
+def test_kept_replay_state_is_refused_for_other_training_data(peft_run):
+    req = prepare_request(peft_run / "peft", "digits", "class=3", size=SIZE)
+    req.context.train_fingerprint = "0" * 64
+    method = get_unlearner("fast-ntk", step="replay")
+    with pytest.raises((ArtifactError, ConfigError), match="other samples than the training data"):
+        method.check(req.start_model, req.context)
+        run_method(method, req)
+
+
+def test_documented_replay_example(tmp_path, monkeypatch):
+    """Runs exactly the commands of docs/unlearn.md's step=replay section."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "unlearn.md").read_text()
+    section = doc.split("(`--option step=replay`)", 1)[1].split("\n## ", 1)[0]
+    commands = [line.strip() for line in section.splitlines() if line.strip().startswith("privkit ")]
+    assert [c.split()[1] for c in commands] == ["train", "unlearn"], commands
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        result = invoke(*command.split()[1:])
+        assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "runs" / "r" / "meta.json").read_text())
+    assert meta["ntk_costs"]["path"] == "kept-state"
+    metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
+    assert metrics["UA"] > 0.0  # the forgotten class is no longer recognised perfectly, as after retraining

@@ -1,0 +1,175 @@
+"""Fast-NTK step="replay": the training recipe replayed on the linearised network (privkit.unlearn.ntk_replay).
+
+References are independent: torch.optim (Adam, SGD) with autograd on the same linearised loss,
+the full Jacobian of privkit.unlearn.jacobian for the head-factored rows, and the real training
+loop (privkit.train.run_training) for the claim that on a model linear in its parameters the step
+*is* retraining.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from privkit.data.datasets import ArrayDataset
+from privkit.data.schema import Attribute, Schema
+from privkit.distributed import DistInfo
+from privkit.errors import ArtifactError, ConfigError
+from privkit.train import ClassifierConfig, ClassifierTask, LoopConfig, epoch_batches, run_training
+from privkit.unlearn.jacobian import flatten_parameters, parameter_jacobian, select_parameters
+from privkit.unlearn.ntk_replay import (LinearisedNet, ReplayRecipe, ReplayState, linearise_for_replay,
+                                        load_replay_state, replay_recipe, save_replay_state)
+from bn_cnn import bn_cnn
+
+F64 = torch.float64
+
+
+def _random_net(seed=0, n=40, c=3, d_in=5, p_body=7) -> LinearisedNet:
+    g = torch.Generator().manual_seed(seed)
+    names = ["body.a", "body.b", "head.weight", "head.bias"]
+    shapes = [[3], [p_body - 3], [c, d_in], [c]]
+    total = sum(math.prod(s) for s in shapes)
+    return LinearisedNet(names, shapes, ["body.a", "body.b"], ("head.weight", "head.bias"),
+                         torch.randn(n, c, generator=g, dtype=F64), torch.randint(0, c, (n,), generator=g),
+                         torch.randn(n, c, p_body, generator=g, dtype=F64), torch.randn(n, d_in, generator=g, dtype=F64),
+                         0.3 * torch.randn(total, generator=g, dtype=F64))
+
+
+def _torch_optim_replay(net: LinearisedNet, recipe: ReplayRecipe, pieces=None, path=None) -> torch.Tensor:
+    """The same recipe with torch.optim and autograd, one tensor per parameter (the reference).
+
+    ``pieces``: several linearisations; each step uses piece floor(K <delta, path> / |path|^2), clipped.
+    """
+    delta = {n: torch.zeros(math.prod(s), dtype=F64, requires_grad=True) for n, s in zip(net.names, net.shapes)}
+    params = list(delta.values())
+    opt = (torch.optim.Adam(params, lr=recipe.lr) if recipe.optimizer == "adam"
+           else torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum))
+    for epoch in range(recipe.epochs):
+        for batch in epoch_batches(len(net.labels), recipe.batch_size, recipe.seed, epoch, DistInfo()):
+            rows = torch.tensor(batch)
+            opt.zero_grad()
+            use = net
+            if pieces:
+                t = float(net.join({k: v.detach() for k, v in delta.items()}) @ path / (path @ path))
+                use = pieces[min(len(pieces) - 1, max(0, int(t * len(pieces))))]
+            loss = F.cross_entropy(use.outputs(rows, delta), net.labels[rows])
+            loss = loss + 0.5 * recipe.anchor_penalty * sum((d * d).sum() for d in params)
+            loss.backward()
+            opt.step()
+    return net.join({k: v.detach() for k, v in delta.items()})
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_replay_equals_torch_optim_on_the_linearised_loss(optimizer):
+    net = _random_net()
+    recipe = ReplayRecipe(epochs=3, batch_size=8, lr=0.05, optimizer=optimizer, anchor_penalty=0.01, seed=2)
+    reference = _torch_optim_replay(net, recipe)
+    assert reference.abs().max() > 0.05  # the replay moved
+    torch.testing.assert_close(replay_recipe(net, recipe, dtype=F64), reference, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(replay_recipe(net, recipe), reference, rtol=1e-4, atol=1e-5)  # float32
+
+
+def test_piecewise_replay_switches_linearisation_along_the_path():
+    pieces = [_random_net(seed=s) for s in (0, 1, 2)]
+    for piece in pieces[1:]:
+        piece.labels = pieces[0].labels
+    recipe = ReplayRecipe(epochs=4, batch_size=8, lr=0.05, anchor_penalty=0.01, seed=0)
+    path = _torch_optim_replay(pieces[0], recipe)  # a direction the iterates actually travel along
+    reference = _torch_optim_replay(pieces[0], recipe, pieces, path)
+    torch.testing.assert_close(replay_recipe(pieces, recipe, path, dtype=F64), reference, rtol=1e-10, atol=1e-12)
+    # the switch mattered: one linearisation alone lands elsewhere
+    assert float((replay_recipe(pieces[0], recipe, dtype=F64) - reference).abs().max()) > 1e-3
+    with pytest.raises(ConfigError, match="path"):
+        replay_recipe(pieces, recipe)
+
+
+def test_head_factored_rows_equal_the_full_jacobian():
+    model, w0_all, x, y = bn_cnn(seed=3, n_classes=4, n=20)
+    selected = select_parameters(model, "bn")
+    w0 = {n: w0_all[n] for n in selected}
+    point = {n: 0.5 * (w0[n] + p.detach()) for n, p in selected.items()}
+    net = linearise_for_replay(model, w0, point, x, y)
+    assert net.head is not None and net.features is not None
+    assert net.jac_body.shape[-1] < sum(p.numel() for p in selected.values())  # only the BN rows are stored
+    at_point = {n: point[n] for n in selected}
+    jac, logits = parameter_jacobian(model, x, at_point, 8, return_logits=True)
+    delta = 0.2 * torch.randn(jac.shape[-1], dtype=F64)
+    rows = torch.arange(len(y))
+    expected = logits.double() + jac.double().reshape(len(y), -1, jac.shape[-1]) @ (delta - net.shift)
+    torch.testing.assert_close(net.outputs(rows, net.split(delta)), expected, rtol=1e-5, atol=1e-5)
+
+
+def _linear_problem(seed=0, n=48, d=6, c=3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    x = rng.normal(0, 1, (n, d)) + 1.5 * np.eye(c, d)[y]
+    schema = Schema("features", (Attribute("label", tuple("abc")),), (d,), layout="npz")
+    ds = ArrayDataset(schema, x.astype(np.float32), y.reshape(-1, 1).astype(np.int64))
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d, c))
+    return ds, model
+
+
+def _train(model, ds, recipe: ReplayRecipe, w0):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(w0[name])
+    cfg = ClassifierConfig(lr=recipe.lr, weight_decay=recipe.anchor_penalty, anchor_penalty=recipe.anchor_penalty)
+    run_training(ClassifierTask(model, 0, cfg), ds, LoopConfig(epochs=recipe.epochs, batch_size=recipe.batch_size,
+                                                               seed=recipe.seed, progress=False))
+    return flatten_parameters(dict(model.named_parameters()), F64)
+
+
+def test_on_a_model_linear_in_its_parameters_the_replay_step_is_retraining():
+    ds, model = _linear_problem()
+    recipe = ReplayRecipe(epochs=4, batch_size=10, lr=0.05, anchor_penalty=0.01, seed=1)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trained = _train(model, ds, recipe, w0)
+    x, attrs = ds.materialize()
+    state = ReplayState.fit(model, w0, x, attrs[:, 0], ds.base_indices, recipe, "all")
+    assert state.net.head is not None and not state.net.body  # a pure linear head: nothing but features stored
+    # linearisation is exact: replaying over D from w0 reproduces the trained weights
+    torch.testing.assert_close(flatten_parameters(w0, F64) + state.delta_full, trained, rtol=1e-4, atol=1e-5)
+    forget = np.array([3, 7, 8, 20, 31])
+    update, info = state.forget(forget)
+    retain = ds.subset(np.setdiff1d(np.arange(len(ds)), forget))
+    retrained = _train(nn.Sequential(nn.Linear(6, 3)), retain, recipe, w0)
+    torch.testing.assert_close(trained + update, retrained, rtol=1e-4, atol=1e-5)
+    assert float((trained - retrained).abs().max()) > 1e-2  # forgetting changed the weights
+    assert info["delta_full"] == "kept" and info["replay_path_error"] < 1e-4
+
+
+def test_state_round_trip_and_tampering(tmp_path):
+    ds, model = _linear_problem(seed=2)
+    recipe = ReplayRecipe(epochs=2, batch_size=16, lr=0.05, anchor_penalty=0.01, seed=0)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train(model, ds, recipe, w0)
+    x, attrs = ds.materialize()
+    state = ReplayState.fit(model, w0, x, attrs[:, 0], ds.base_indices, recipe, "all")
+    meta = save_replay_state(tmp_path, state, ds.fingerprint())
+    loaded = load_replay_state(tmp_path, meta)
+    torch.testing.assert_close(loaded.forget([1, 2])[0], state.forget([1, 2])[0])
+    with pytest.raises(ConfigError, match="not among the samples"):
+        state.forget([len(ds) + 5])
+    with pytest.raises(ConfigError, match="every sample"):
+        state.forget(np.arange(len(ds)))
+    path = tmp_path / meta["ntk_replay_file"]
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_replay_state(tmp_path, meta)
+    with pytest.raises(ArtifactError, match="not a replay state"):
+        ReplayState.from_bytes(b"\x08" + b"\x00" * 7 + b"garbage!", "x")
+
+
+def test_recipe_checks():
+    with pytest.raises(ConfigError, match="adam or sgd"):
+        ReplayRecipe(epochs=1, batch_size=4, lr=0.1, optimizer="lbfgs").check()
+    with pytest.raises(ConfigError, match="learning rate"):
+        ReplayRecipe(epochs=1, batch_size=4, lr=float("nan")).check()
