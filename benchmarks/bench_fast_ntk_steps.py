@@ -67,7 +67,7 @@ def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, 
     run = root / f"peft-{key}"
     train_peft_run(ds, data, target, run, peft="bn", epochs=10, lr=1e-2, weight_decay=5e-4, seed=0, progress=False,
                    keep_linearised_state="linearised-ce" in steps, keep_replay_state=True, replay_points=replay_points)
-    options = {"newton": {}, "linearised-ce": {"step": "linearised-ce"},
+    options = {"newton": {"step": "newton"}, "linearised-ce": {"step": "linearised-ce"},
                "replay": {"step": "replay", "replay_points": replay_points}}
     for forget, role in REQUESTS[key].items():
         if only and forget not in only:

@@ -76,8 +76,9 @@ NTK_STATE_LAMBDA_SCALING = "per-set"  # lambda_S = |S| wd, as ntk_unlearn's defa
 KEPT_STATE_MODES = ("auto", "off")
 #: ``step``: one Gauss-Newton step (the closed form), the exact minimiser of the linearised cross-entropy
 #: (:mod:`privkit.unlearn.ntk_linearized`), or the training recipe replayed on the linearised network
-#: (:mod:`privkit.unlearn.ntk_replay`)
-STEP_MODES = ("newton", "linearised-ce", "replay")
+#: (:mod:`privkit.unlearn.ntk_replay`); ``auto`` = ``replay`` when the run keeps a replay state that answers
+#: the request (the user kept it with ``privkit train --peft --replay-state``), else ``newton``
+STEP_MODES = ("auto", "newton", "linearised-ce", "replay")
 LINEARISE_MODES = ("auto", "pretrained", "trained", "init")
 WEIGHTING_MODES = ("auto", "identity", "ggn")
 #: What ``linearise="auto"`` means for a model trained with ``--peft`` (the kept state's recipe).
@@ -104,6 +105,10 @@ def fast_ntk_kind(model: nn.Module, recipe_peft: str | None = None) -> str:
             continue
     raise ConfigError(f"fast-ntk needs BatchNorm or prompt parameters but model {type(model).__name__} has neither; "
                       f"use --method ntk or train a model with BatchNorm (cnn) or prompts (vit-tiny)")
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _x_y(dataset, target_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +159,7 @@ class _NTKBase:
     def __init__(self, scale: float | str = 1.0, weight_decay: float | None = None, solver: str = "auto",
                  chunk_size: int = DEFAULT_NTK_CHUNK_SIZE, loss: str = NTK_STATE_LOSS, linearise: str = "auto",
                  kept_state: str = "auto", weighting: str = "auto", ggn_rank_tol: float | None = None,
-                 step: str = "newton", replay_points: int | None = None):
+                 step: str = "auto", replay_points: int | None = None):
         from privkit.unlearn.ntk import DEFAULT_GGN_RANK_TOL
         from privkit.unlearn.ntk_replay import DEFAULT_REPLAY_POINTS
 
@@ -323,6 +328,15 @@ class _NTKBase:
                                             forget, t, forget_x, forget_y, context, t_start)
         if self.step == "replay":
             return self._unlearn_replay(model, selected, kind, retain, forget, t, context, t_start)
+        step_reason = "step='newton' was asked for"
+        if self.step == "auto":
+            replay_state, step_reason = (self._replay_state(selected, kind, context)
+                                         if context.w0 is not None and _numeric(self.scale)
+                                         else (None, "a replay needs a --peft model and a numeric scale"))
+            if replay_state is not None:
+                return self._unlearn_replay(model, selected, kind, retain, forget, t, context, t_start,
+                                            kept=(replay_state, step_reason))
+            step_reason = f"step='auto' without a replay state: {step_reason}"
         state, why = self._kept_state(selected, kind, context)
         if state is not None:
             # only the forget set's Jacobians and a downdate; the state is moved to D_r afterwards, off the
@@ -352,6 +366,8 @@ class _NTKBase:
         info["weight_decay"] = wd
         info["path"] = "kept-state" if state is not None else "one-shot"
         info["path_reason"] = why
+        info["step"] = "newton"
+        info["step_reason"] = step_reason
         info["one_off_seconds"] = one_off
         info["per_request_seconds"] = time.perf_counter() - t_start
         context.info["ntk"] = info
@@ -389,7 +405,7 @@ class _NTKBase:
         return state, f"{where} covers the model's training samples with the same recipe"
 
     def _unlearn_replay(self, model, selected, kind, retain, forget, t, context: UnlearnContext,
-                        t_start: float) -> nn.Module:
+                        t_start: float, kept: tuple | None = None) -> nn.Module:
         """``step="replay"``: :math:`w^* + s(\\delta_{D_r} - \\delta_D)` with the recipe replayed on the network
         linearised piecewise along :math:`w_0 \\to w^*` (:mod:`privkit.unlearn.ntk_replay`).
 
@@ -403,14 +419,14 @@ class _NTKBase:
         from privkit.unlearn.ntk_replay import (SOLVE_DTYPE, ReplayRecipe, linearise_for_replay, path_points,
                                                 replay_forget_delta)
 
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
+        if not _numeric(self.scale):
             raise ConfigError(f"step='replay' takes a numeric scale, got {self.scale!r}")
         if context.w0 is None:
             raise ConfigError("step='replay' needs a model trained with `privkit train --peft` (its w0); "
                               "use step='newton'")
         recipe = ReplayRecipe.from_training(context.recipe, seed=context.seed)
         points = path_points({n: context.w0[n] for n in selected}, selected, self.replay_points)  # checks the option
-        state, why = self._replay_state(selected, kind, context)
+        state, why = kept if kept is not None else self._replay_state(selected, kind, context)
         if state is not None:
             delta_flat, info = state.forget(forget.base_indices, recipe)
             one_off = float((context.model_meta or {}).get("ntk_replay_fit_seconds", 0.0))
@@ -428,6 +444,7 @@ class _NTKBase:
         _apply_delta(updated, list(selected), {n: float(self.scale) * d for n, d in delta.items()})
         info = dict(info, step="replay",
                     linearisation_point=f"{len(points)} points on the path w0 -> trained weights",
+                    step_reason="step='auto' found a replay state" if kept is not None else "step='replay' was asked for",
                     recipe=recipe.to_dict(), path="kept-state" if state is not None else "one-shot", path_reason=why,
                     one_off_seconds=one_off, per_request_seconds=time.perf_counter() - t_start)
         context.info["ntk"] = info
@@ -543,8 +560,9 @@ class NTKUnlearner(_NTKBase):
         retain-set step changes by at most this fraction (a proven bound,
         :meth:`~privkit.unlearn.ntk.NTKState.forget`). Default
         :data:`~privkit.unlearn.ntk.DEFAULT_GGN_RANK_TOL` (``1e-6``); ``0`` keeps every direction.
-    step : {"newton", "linearised-ce", "replay"}
-        ``newton``: the closed form, one Gauss-Newton step of the retraining objective. ``linearised-ce``:
+    step : {"auto", "newton", "linearised-ce", "replay"}
+        ``auto`` (default): ``replay`` when the run folder keeps a replay state that answers the request
+        (``privkit train --peft ... --replay-state``), else ``newton``. ``newton``: the closed form, one Gauss-Newton step of the retraining objective. ``linearised-ce``:
         the exact minimisers :math:`\\delta_S` of the linearised network's cross-entropy
         :math:`\\Phi_S(\\delta) = \\sum_{i\\in S}\\mathrm{CE}(z_i + J_i\\delta, y_i) + \\tfrac{\\lambda_S}2
         \\lVert a+\\delta-w_0\\rVert^2` (Newton-CG, :mod:`privkit.unlearn.ntk_linearized`), update

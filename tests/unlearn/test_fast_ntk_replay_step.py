@@ -125,3 +125,21 @@ def test_documented_replay_example(tmp_path, monkeypatch):
     assert meta["ntk_costs"]["path"] == "kept-state"
     metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
     assert metrics["UA"] > 0.0  # the forgotten class is no longer recognised perfectly, as after retraining
+
+
+def test_default_step_is_replay_exactly_when_a_replay_state_answers(peft_run):
+    req = prepare_request(peft_run / "peft", "digits", "class=3", size=SIZE)
+    runs = {}
+    for label, options in {"default": {}, "newton": {"step": "newton"}, "replay": {"step": "replay"},
+                           "auto, other points": {"replay_points": 2}}.items():
+        method = get_unlearner("fast-ntk", **options)
+        method.check(req.start_model, req.context)
+        model, _, info = run_method(method, req)
+        runs[label] = (torch.cat([p.detach().reshape(-1) for p in model.parameters()]), info["ntk"])
+    assert runs["default"][1]["step"] == "replay" and "auto" in runs["default"][1]["step_reason"]
+    torch.testing.assert_close(runs["default"][0], runs["replay"][0])
+    assert runs["newton"][1]["step"] == "newton"
+    # a kept state with another number of points does not answer: auto falls back to the Newton step
+    assert runs["auto, other points"][1]["step"] == "newton"
+    assert "2" in runs["auto, other points"][1]["step_reason"]
+    torch.testing.assert_close(runs["auto, other points"][0], runs["newton"][0])
