@@ -14,7 +14,10 @@ see the same machine load; best of ``--repeats`` each, in wall time (the target)
 time (what the one thread itself spent, less sensitive to other jobs on a shared machine). The
 minor page faults per call (fewest over the repeats) show whether the allocator handed memory back
 to the system and faulted it in again (see ``privkit.audit.residual.Workspace``). ``--exact-draws``
-audits with ``torch.rand``'s float draws instead of the default 16-bit grid draws.
+audits with ``torch.rand``'s float draws instead of the default 16-bit grid draws. ``--breakdown``
+then times the phases inside the audit (the estimator's functions wrapped with timers, the models'
+forward passes timed by hooks): unit draws, perturbing (add and clip), forward passes, confidence
+interval, and the rest (argmax, counting, bookkeeping), next to the bare run's forward passes.
 
     python benchmarks/bench_residual.py --model cnn28 --forget 256 --samples 64
 """
@@ -22,6 +25,9 @@ audits with ``torch.rand``'s float draws instead of the default 16-bit grid draw
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import statistics
 import time
 
 try:
@@ -32,6 +38,7 @@ except ImportError:  # not on Windows: no page-fault counts there
 import torch
 from torch import nn
 
+from privkit.audit import residual as residual_module
 from privkit.audit.residual import residual_knowledge
 
 MODELS = {}
@@ -84,7 +91,8 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
-def bench(name, forget, samples, batch_size, sampler, norm, repeats, device, taus, exact_draws=False):
+def _workload(name, forget, samples, batch_size, sampler, norm, device, taus, exact_draws=False):
+    """The two models, and the bare and audit calls over the same number of inputs: (bare, audit, info)."""
     shape, unlearned = MODELS[name]()
     _, reference = MODELS[name]()
     unlearned.to(device).eval()
@@ -111,6 +119,13 @@ def bench(name, forget, samples, batch_size, sampler, norm, repeats, device, tau
                            batch_size=batch_size, seed=0, **draws)
         _sync(device)
 
+    return bare, audit, {"inputs": n, "batch": chunk, "models": (unlearned, reference)}
+
+
+def bench(name, forget, samples, batch_size, sampler, norm, repeats, device, taus, exact_draws=False):
+    bare, audit, info = _workload(name, forget, samples, batch_size, sampler, norm, device, taus, exact_draws)
+    n, chunk = info["inputs"], info["batch"]
+
     # Repeats alternate bare / audit so that both see the same machine load (on a shared machine the
     # load changes within seconds); best of the repeats for each. The process CPU time is reported too:
     # it is what the single thread spent, whatever else ran on the machine.
@@ -135,6 +150,86 @@ def bench(name, forget, samples, batch_size, sampler, norm, repeats, device, tau
     }
 
 
+def breakdown(name, forget, samples, batch_size, sampler, norm, repeats, device, taus, exact_draws=False):
+    """Wall time of the audit's phases, measured inside the audit: {phase: [seconds per repeat]}.
+
+    The estimator's unit draws (``NoiseStreams.unit_cube``/``fill``), its sampler and its
+    confidence-interval method are wrapped with timers for the duration of the measurement, and both
+    models' forward passes are timed by hooks; "perturb" is the sampler's time less the draws, "rest"
+    the audit's time less all of these (argmax, counting, bookkeeping, the summary). The bare run's
+    forward passes are timed by the same hooks, so the two forward columns compare directly.
+    """
+    bare, audit, info = _workload(name, forget, samples, batch_size, sampler, norm, device, taus, exact_draws)
+    spent = {}
+    active = set()  # labels being timed: unit_cube calls fill in exact mode, which must not count twice
+
+    def timed(label, fn):
+        @functools.wraps(fn)  # keeps the signature: the estimator checks whether a sampler takes out=
+        def wrapper(*args, **kwargs):
+            if label in active:
+                return fn(*args, **kwargs)
+            active.add(label)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(device)
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+                active.discard(label)
+        return wrapper
+
+    streams_cls = residual_module.NoiseStreams
+    patched = [(streams_cls, attr, getattr(streams_cls, attr)) for attr in ("unit_cube", "fill")]
+    registries = [(registry, key, label, registry[key]) for registry, key, label in
+                  ((residual_module.SAMPLERS, sampler, "sampler"), (residual_module.CI_METHODS, "bootstrap", "ci"))]
+    handles = []
+    started = {}
+    try:
+        for owner, attr, fn in patched:
+            setattr(owner, attr, timed("draws", fn))
+        for registry, key, label, fn in registries:
+            dict.__setitem__(registry, key, timed(label, fn))  # the registry refuses a second registration
+        for model in info["models"]:
+            handles.append(model.register_forward_pre_hook(lambda m, a: started.__setitem__(m, time.perf_counter())))
+            handles.append(model.register_forward_hook(
+                lambda m, a, out: spent.__setitem__("forward", spent.get("forward", 0.0)
+                                                    + time.perf_counter() - started[m])))
+        rows = {"bare: total": [], "bare: forward passes": [], "bare: rest (argmax, slicing)": [],
+                "audit: total": [], "audit: unit draws": [], "audit: perturb (add, clip)": [],
+                "audit: forward passes": [], "audit: confidence interval": [],
+                "audit: rest (argmax, counts, bookkeeping)": []}
+        bare()
+        audit()  # warm-up
+        for _ in range(repeats):
+            spent.clear()
+            t0 = time.perf_counter()
+            bare()
+            total = time.perf_counter() - t0
+            rows["bare: total"].append(total)
+            rows["bare: forward passes"].append(spent.get("forward", 0.0))
+            rows["bare: rest (argmax, slicing)"].append(total - spent.get("forward", 0.0))
+            spent.clear()
+            t0 = time.perf_counter()
+            audit()
+            total = time.perf_counter() - t0
+            parts = {k: spent.get(k, 0.0) for k in ("draws", "sampler", "forward", "ci")}
+            rows["audit: total"].append(total)
+            rows["audit: unit draws"].append(parts["draws"])
+            rows["audit: perturb (add, clip)"].append(parts["sampler"] - parts["draws"])
+            rows["audit: forward passes"].append(parts["forward"])
+            rows["audit: confidence interval"].append(parts["ci"])
+            rows["audit: rest (argmax, counts, bookkeeping)"].append(total - parts["sampler"] - parts["forward"]
+                                                                     - parts["ci"])
+    finally:
+        for owner, attr, fn in patched:
+            setattr(owner, attr, fn)
+        for registry, key, _, fn in registries:
+            dict.__setitem__(registry, key, fn)
+        for handle in handles:
+            handle.remove()
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="all", choices=["all", *MODELS])
@@ -148,6 +243,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--exact-draws", action="store_true",
                         help="audit with torch.rand float draws (earlier streams) instead of 16-bit grid draws")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="then time the phases inside the audit (instrumented repeats, after the measurement)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -157,6 +254,8 @@ def main(argv=None):
     print(f"device={device} threads={args.threads} N={args.forget} K={args.samples} sampler={args.sampler} "
           f"norm={args.norm} taus={args.taus} draws={'exact' if args.exact_draws else '16-bit'}; baseline = bare "
           f"forward of BOTH models over the same N*K inputs at every tau")
+    if hasattr(os, "getloadavg"):  # the machine's load when the run started (1, 5, 15 min), for shared machines
+        print("load average at start: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     header = (f"{'model':<8} {'inputs':>8} {'batch':>6} {'bare 2x fwd/s':>14} {'audit/s':>12} {'ratio':>6} "
               f"{'CPU-time ratio':>14} {'page faults audit/bare':>22}  target>=0.8 (wall ratio)")
     print(header)
@@ -168,6 +267,15 @@ def main(argv=None):
         faults = f"{row['faults_audit']} / {row['faults_bare']}"
         print(f"{row['model']:<8} {row['inputs']:>8} {row['batch']:>6} {row['bare_per_s']:>14,.0f} "
               f"{row['audit_per_s']:>12,.0f} {row['ratio']:>6.2f} {row['cpu_ratio']:>14.2f} {faults:>22}  {ok}")
+    if args.breakdown:
+        for name in names:
+            phases = breakdown(name, args.forget, args.samples, args.batch_size, args.sampler, args.norm,
+                               args.repeats, device, tuple(float(t) for t in args.taus.split(",")),
+                               exact_draws=args.exact_draws)
+            print(f"\n{name}: where the time goes, ms per call (min / median over {args.repeats} instrumented "
+                  f"repeats; the timers and hooks add a little)")
+            for label, values in phases.items():
+                print(f"  {label:<44} {min(values) * 1e3:9.2f} / {statistics.median(values) * 1e3:9.2f}")
 
 
 if __name__ == "__main__":

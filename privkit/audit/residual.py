@@ -63,7 +63,10 @@ __all__ = [
     "CI_METHODS",
     "register_sampler",
     "register_ci",
+    "bootstrap_index_dtype",
     "NoiseStreams",
+    "splitmix64_keys",
+    "splitmix64_words",
     "sample_ball",
     "project_ball",
     "residual_knowledge",
@@ -85,8 +88,94 @@ CI_METHODS = Registry("confidence-interval method")
 # so that neighbouring forget samples and neighbouring seeds give unrelated streams.
 _SEED_MIX = 0x9E3779B97F4A7C15
 _SEED_MASK = (1 << 63) - 1
+#: ``ResidualResult.draws`` of the default L-inf unit draws (16-bit grid points from SplitMix64 words)
+DEFAULT_DRAWS = "grid16-splitmix64"
 # 16-bit unit-cube draws per 64-bit random word (NoiseStreams.unit_cube)
 _LANES_PER_WORD = 4
+# Most bytes of random words mixed at once. One block covers a whole chunk of a small model (more
+# calls would cost more than they save); for larger inputs it bounds the words and the mixer's
+# scratch, which share the audit's workspace: a workspace above glibc's largest mmap threshold
+# (32 MiB) is mapped afresh and faulted in at every audit (the 784-input MLP's, at 4 MiB blocks).
+_WORD_BLOCK_BYTES = 1 << 20
+# SplitMix64 (Steele, Lea & Flood, OOPSLA 2014): the state advances by the golden gamma and each
+# output is the state passed through a fixed bijective mixer, so output j of the stream with key k
+# is mix(k + (j + 1) gamma): any word is a function of (k, j) alone.
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_MIX_STEPS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None))  # xor-shift, then multiply
+
+
+def _as_int64(value: int) -> int:
+    """The int64 with the same 64 bits as the unsigned ``value`` (torch tensors have no uint64 arithmetic)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _mix64_(z: np.ndarray, spare: np.ndarray) -> np.ndarray:
+    """SplitMix64's output mixer, in place on a uint64 array (``spare``: scratch of the same shape).
+
+    ``z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27; z *= 0x94D049BB133111EB; z ^= z >> 31``,
+    modulo 2^64 (numpy's unsigned array arithmetic wraps around).
+    """
+    for shift, multiplier in _MIX_STEPS:
+        np.right_shift(z, np.uint64(shift), out=spare)
+        np.bitwise_xor(z, spare, out=z)
+        if multiplier is not None:
+            np.multiply(z, np.uint64(multiplier), out=z)
+    return z
+
+
+def _mix64_torch_(z: torch.Tensor, spare: torch.Tensor) -> torch.Tensor:
+    """:func:`_mix64_` on int64 tensors of any device, giving the same 64 bits.
+
+    ``>>`` on int64 copies the sign bit, so the shifted-in bits are masked off to make it the logical
+    shift of the mixer; a product keeps its low 64 bits, which are those of the unsigned product.
+    """
+    for shift, multiplier in _MIX_STEPS:
+        torch.bitwise_right_shift(z, shift, out=spare)
+        spare.bitwise_and_((1 << (64 - shift)) - 1)
+        z.bitwise_xor_(spare)
+        if multiplier is not None:
+            z.mul_(_as_int64(multiplier))
+    return z
+
+
+def splitmix64_keys(seeds: Sequence[int]) -> np.ndarray:
+    """Stream keys ``mix(seed + gamma)`` (uint64), the first SplitMix64 output of each 63-bit seed.
+
+    Keying through the mixer turns the per-sample seeds of :meth:`NoiseStreams.for_samples`, an
+    arithmetic progression in the sample index, into unrelated starting points.
+    """
+    keys = np.asarray(seeds, dtype=np.uint64) + np.uint64(_GOLDEN_GAMMA)
+    return _mix64_(keys, np.empty_like(keys))
+
+
+def splitmix64_words(keys: np.ndarray, out: torch.Tensor, spare: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Words ``0 .. W - 1`` of the SplitMix64 streams keyed ``keys``, written into ``out``.
+
+    ``out[i, j] = mix(k_i + (j + 1) \gamma)`` as the 64 bits of an int64 tensor ``(len(keys), W)``;
+    ``spare`` is scratch of the same shape (allocated when not given). A counter-based generator:
+    every word depends on its key and position only, so all samples of a chunk are drawn with a
+    few whole-array operations (numpy on the CPU, torch elsewhere) instead of one seeded generator
+    call per sample, and a sample's words do not depend on the samples drawn with it.
+    """
+    if spare is None:
+        spare = torch.empty_like(out)
+    if out.device.type != "cpu":
+        return _splitmix64_words_torch(keys, out, spare)
+    z = out.numpy().view(np.uint64)
+    positions = np.arange(1, out.shape[1] + 1, dtype=np.uint64)
+    np.multiply(positions, np.uint64(_GOLDEN_GAMMA), out=positions)
+    np.add(np.asarray(keys, dtype=np.uint64)[:, None], positions[None, :], out=z)
+    _mix64_(z, spare.numpy().view(np.uint64))
+    return out
+
+
+def _splitmix64_words_torch(keys: np.ndarray, out: torch.Tensor, spare: torch.Tensor) -> torch.Tensor:
+    """:func:`splitmix64_words` with torch operations on ``out``'s device (a GPU: no host round trip)."""
+    positions = torch.arange(1, out.shape[1] + 1, dtype=torch.int64, device=out.device)
+    positions.mul_(_as_int64(_GOLDEN_GAMMA))
+    key_bits = torch.from_numpy(np.asarray(keys, dtype=np.uint64).view(np.int64)).to(out.device)
+    torch.add(key_bits[:, None], positions[None, :], out=out)
+    return _mix64_torch_(out, spare)
 
 
 def register_sampler(name: str):
@@ -158,27 +247,33 @@ class Workspace:
 
 
 class NoiseStreams:
-    r"""One torch generator seed per sample; every draw re-seeds, so draws are reproducible.
+    r"""One random stream per sample, keyed by a per-sample seed, so draws are reproducible.
 
     Drawing per sample (rather than one tensor for the whole batch) makes the perturbations of a
     sample independent of which other samples share its batch, so the batched estimator and the
     plain loop see exactly the same perturbations, whatever the batch size.
 
-    Unit-cube draws (:meth:`unit_cube`, the L-inf ball's :math:`W`) come in two resolutions:
+    Unit-cube draws (:meth:`unit_cube`, the L-inf ball's :math:`W`) come in two kinds:
 
-    * ``exact=False`` (default): each 64-bit word of the sample's stream gives four 16-bit integers
-      :math:`I \in \{-2^{15}, \dots, 2^{15} - 1\}` and :math:`W = (2I + 1) / 2^{16}`, the midpoints
-      of :math:`2^{16}` equal cells of :math:`[-1, 1]`: uniform to within :math:`2^{-16}` of the
-      radius (Kolmogorov distance :math:`\le 2^{-16}` per coordinate), symmetric, strictly inside the
-      ball. One 64-bit generator call per four values, a quarter of ``torch.rand``'s calls, which
-      matters when the model is so small that the draws are a sizeable part of the audit.
-    * ``exact=True``: ``torch.rand``'s 24-bit floats mapped to :math:`[-1, 1)` (the streams of earlier
-      privkit versions, bit for bit).
+    * ``exact=False`` (default): 16-bit grid points from a counter-based generator. Word :math:`j`
+      of sample :math:`i` is the SplitMix64 output :math:`\operatorname{mix}(k_i + (j + 1)\gamma)`
+      with key :math:`k_i = \operatorname{mix}(s_i + \gamma)` and seed :math:`s_i`
+      (:func:`splitmix64_words`), computed for all samples of a chunk in a few array operations.
+      Each 64-bit word gives four 16-bit integers :math:`I \in \{-2^{15}, \dots, 2^{15} - 1\}` and
+      :math:`W = (2I + 1) / 2^{16}`, the midpoints of :math:`2^{16}` equal cells of :math:`[-1, 1]`:
+      uniform to within :math:`2^{-16}` of the radius (Kolmogorov distance :math:`\le 2^{-16}` per
+      coordinate), symmetric, strictly inside the ball. (The previous release took these words from
+      one seeded torch generator per sample; the grid and its distribution are unchanged.)
+    * ``exact=True``: ``torch.rand``'s 24-bit floats mapped to :math:`[-1, 1)`, one seeded torch
+      generator per sample (the streams of earlier privkit versions, bit for bit).
+
+    The Gaussian and L2 draws (:meth:`fill`, :meth:`per_sample`) use one seeded torch generator per
+    sample in both kinds.
 
     Parameters
     ----------
     seeds : sequence of int
-        One 63-bit generator seed per sample.
+        One 63-bit seed per sample.
     device : torch.device or str
     exact : bool
         Draw unit-cube values as ``torch.rand`` floats rather than 16-bit grid points (see above).
@@ -252,27 +347,29 @@ class NoiseStreams:
     def unit_cube(self, shape: tuple) -> torch.Tensor:
         r"""``(B, *shape)`` draws uniform in the unit L-inf ball :math:`[-1, 1]^d`, one row per sample.
 
-        16-bit grid points :math:`(2I + 1) / 2^{16}` unless ``exact`` (then ``torch.rand`` floats on
-        :math:`[-1, 1)`); see the class docstring. The four 16-bit integers of a 64-bit word are read
-        in the machine's byte order (little-endian on x86 and ARM), so a big-endian machine would
-        give the same values in another order.
+        16-bit grid points :math:`(2I + 1) / 2^{16}` from the samples' SplitMix64 words unless
+        ``exact`` (then ``torch.rand`` floats on :math:`[-1, 1)`); see the class docstring. The four
+        16-bit integers of a 64-bit word are read in the machine's byte order (little-endian on x86
+        and ARM), so a big-endian machine would give the same values in another order.
         """
         if self.exact:
             return self.fill("rand", shape, -1.0, 1.0)
-        count = math.prod(shape)
+        rows, count = len(self.seeds), math.prod(shape)
         words = -(-count // _LANES_PER_WORD)
-        bits = self._scratch("bits", (len(self.seeds), words), torch.int64)
-        gen = torch.Generator(device=self.device)
-        for s, row in zip(self.seeds, bits.unbind(0)):
-            gen.manual_seed(s)
-            # from=-2**63 with no upper bound is torch's full 64-bit range: all 64 bits random (the
-            # default random_() leaves the sign bit 0, which would make every fourth value >= 0)
-            row.random_(-(2**63), None, generator=gen)
-        lanes = bits.view(torch.int16)[:, :count]
-        out = self._scratch("unit_cube", (len(self.seeds), *shape))
-        # W = I / 2^15 + 1 / 2^16 in one pass (integer to float conversion included); exact in float32
+        keys = splitmix64_keys(self.seeds)
+        out = self._scratch("unit_cube", (rows, *shape))
+        flat = out.view(rows, count)
+        block = max(1, min(rows, _WORD_BLOCK_BYTES // max(1, 8 * words)))  # rows of words mixed at once
+        bits = self._scratch("bits", (block, words), torch.int64)
+        spare = self._scratch("bits_spare", (block, words), torch.int64)
         half_cell = torch.tensor(2.0 ** -16, device=self.device)
-        torch.add(half_cell, lanes, alpha=2.0 ** -15, out=out.view(len(self.seeds), count))
+        for first in range(0, rows, block):
+            last = min(rows, first + block)
+            lanes = splitmix64_words(keys[first:last], bits[:last - first], spare[:last - first]).view(torch.int16)
+            # W = I / 2^15 + 1 / 2^16, exact in float32; converting first and scaling in place is
+            # cheaper than one mixed-type pass
+            rows_out = flat[first:last].copy_(lanes[:, :count])
+            torch.add(half_cell, rows_out, alpha=2.0 ** -15, out=rows_out)
         return out
 
     def per_sample(self, draw: Callable[[torch.Generator], torch.Tensor | tuple]):
@@ -401,14 +498,34 @@ def pgd_sampler(x, y, *, tau, norm, samples, streams, clip, model=None, steps: i
 # --------------------------------------------------------------------------------------------
 # confidence intervals for the mean ratio
 # --------------------------------------------------------------------------------------------
+def bootstrap_index_dtype(n: int) -> np.dtype:
+    """The narrowest unsigned integer type holding the resampling indices ``0 .. n - 1``.
+
+    numpy draws bounded integers of 8 and 16 bits several to one 32-bit random word (Lemire's
+    method with rejection, so every index stays exactly equally likely); for the few hundred forget
+    samples of a typical audit this takes about a third of the time of 32-bit index draws.
+    """
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if n - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
 @register_ci("bootstrap")
 def bootstrap_ci(values: np.ndarray, confidence: float, rng: np.random.Generator,
                  resamples: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap over forget samples (resamples them with replacement).
+    r"""Percentile bootstrap over forget samples (resamples them with replacement).
 
     ``values`` is ``(N,)`` or ``(T, N)`` (one row per radius); every row is resampled with the same
     index draws, so the bootstrap costs one set of ``resamples x N`` indices whatever T is. Returns
-    the lower and upper bounds, each shaped like ``values`` without its last axis.
+    the lower and upper bounds, each shaped like ``values`` without its last axis: the
+    :math:`(1 \mp c)/2` quantiles of the resample means.
+
+    Each resample's mean is :math:`\frac1N \sum_j c_j v_j` with :math:`c_j` how often it drew sample
+    :math:`j`, so a group of resamples is one count matrix (one ``bincount``) times the values of all
+    radii (one matrix product) rather than ``resamples x N`` gathered values per radius. The indices
+    are drawn ``resamples x N`` at a time (in blocks when that is large) as
+    :func:`bootstrap_index_dtype` integers uniform on ``0 .. N - 1``.
     """
     values = np.asarray(values, dtype=np.float64)
     rows = values.reshape(-1, values.shape[-1])
@@ -419,20 +536,21 @@ def bootstrap_ci(values: np.ndarray, confidence: float, rng: np.random.Generator
     means = np.empty((rows.shape[0], resamples))
     # resample in blocks so memory stays at block * n, not resamples * n
     block = max(1, min(resamples, 2_000_000 // n))
-    index_dtype = np.int32 if n < 2**31 else np.int64
-    # Each resample's mean is (1/n) sum_j c_j v_j with c_j how often it drew sample j: one count matrix
-    # per group of resamples serves every radius as a single matrix product, instead of gathering
-    # resamples x n values once per radius. Groups are sized so the counts stay in cache.
-    group = max(1, min(block, 50_000 // n))  # group * n < 2**31 whenever n is: int32 offsets are safe
-    offsets = np.arange(group, dtype=index_dtype)[:, None] * index_dtype(n)
+    index_dtype = bootstrap_index_dtype(n)
+    # groups of resamples sized so their counts stay in cache
+    group = max(1, min(block, 50_000 // n))
+    offsets = np.arange(group, dtype=np.int64)[:, None] * n  # resample r of a group counts into r*n .. r*n+n-1
+    flat = np.empty((group, n), dtype=np.int64)
     for start in range(0, resamples, block):
         stop = min(resamples, start + block)
         index = rng.integers(0, n, size=(stop - start, n), dtype=index_dtype)
         for g0 in range(0, stop - start, group):
             part = index[g0:g0 + group]
-            counts = np.bincount((part + offsets[:part.shape[0]]).ravel(), minlength=part.size)
-            counts = counts.reshape(part.shape).astype(np.float64)
-            means[:, start + g0:start + g0 + part.shape[0]] = (rows @ counts.T) / n
+            m = part.shape[0]
+            np.add(part, offsets[:m], out=flat[:m])
+            counts = np.bincount(flat[:m].ravel(), minlength=m * n).reshape(m, n).astype(np.float64)
+            np.matmul(rows, counts.T, out=means[:, start + g0:start + g0 + m])
+    means /= n
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha], axis=1)
     return low.reshape(values.shape[:-1]), high.reshape(values.shape[:-1])
@@ -484,10 +602,12 @@ class ResidualResult:
     confidence: float
     ci_method: str
     summary: list = field(default_factory=list)
-    #: ``"grid16"``: the L-inf uniform draws are 16-bit grid midpoints, four per 64-bit word (the default);
-    #: ``"exact"``: ``exact_draws=True``, one float draw per value (the stream of earlier releases). The
-    #: Gaussian and L2 draws are the same in both. Recorded so an audit can be reproduced from its seed.
-    draws: str = "grid16"
+    #: ``"grid16-splitmix64"``: the L-inf uniform draws are 16-bit grid midpoints, four per 64-bit
+    #: SplitMix64 word (the default); ``"exact"``: ``exact_draws=True``, one ``torch.rand`` float per
+    #: value (the stream of earlier releases). ``"grid16"`` in an older ``metrics.json`` names the same
+    #: grid drawn from per-sample torch generators (the previous release). The Gaussian and L2 draws
+    #: are the same in all. Recorded so an audit can be reproduced from its seed.
+    draws: str = DEFAULT_DRAWS
 
     @property
     def r_tau(self) -> np.ndarray:
@@ -654,13 +774,14 @@ def _accepts_out(fn: Callable) -> bool:
 def _audit_scratch_bytes(chunk: int, samples: int, xc: torch.Tensor, n_taus: int, n_models: int,
                          perturbed: bool = True) -> int:
     """Bytes an audit's :class:`Workspace` reserves: perturbed inputs (only where the sampler writes
-    into a buffer, ``perturbed``), predictions, one kind of unit draws and the random words of the
-    16-bit draws, for chunks of ``chunk`` forget samples."""
+    into a buffer, ``perturbed``), predictions, one kind of unit draws, and the random words of the
+    16-bit draws with the mixer's scratch (one block of rows each), for chunks of ``chunk`` forget samples."""
     inputs = chunk * samples
     d = math.prod(xc.shape[1:])
-    words = chunk * -(-samples * d // _LANES_PER_WORD)
+    row_words = -(-samples * d // _LANES_PER_WORD)
+    block_words = max(1, min(chunk, _WORD_BLOCK_BYTES // max(1, 8 * row_words))) * row_words
     slots = [inputs * d * xc.element_size() if perturbed else 0, n_taus * n_models * inputs * 8, inputs * d * 4,
-             words * 8]
+             block_words * 8, block_words * 8]
     return sum(-(-n // Workspace.ALIGN) * Workspace.ALIGN for n in slots)
 
 
@@ -776,8 +897,9 @@ def residual_knowledge(unlearned: nn.Module, reference: nn.Module | None, x, y=N
         Extra keyword arguments of the sampler (``steps``, ``step_size`` for ``pgd``).
     exact_draws : bool
         Draw the L-inf unit perturbations as ``torch.rand`` floats (the streams of earlier versions)
-        instead of the default 16-bit grid points, which take about half the time and are uniform
-        to within :math:`2^{-16}` of the radius (see :class:`NoiseStreams`).
+        instead of the default 16-bit grid points, which are cheaper to draw (four per 64-bit word of a
+        counter-based generator) and uniform to within :math:`2^{-16}` of the radius (see
+        :class:`NoiseStreams`).
 
     Returns
     -------
@@ -815,7 +937,7 @@ def residual_knowledge(unlearned: nn.Module, reference: nn.Module | None, x, y=N
     summary = _summarise(taus_arr, k_m, k_a, samples, confidence, ci_method, seed)
     return ResidualResult(taus=taus_arr, k_unlearned=k_m, k_reference=k_a, labels=y_all, samples=int(samples),
                           norm=norm, sampler=sampler, tier=tier, confidence=float(confidence), ci_method=ci_method,
-                          summary=summary, draws="exact" if exact_draws else "grid16")
+                          summary=summary, draws="exact" if exact_draws else DEFAULT_DRAWS)
 
 
 # held-out neighbourhoods use a separate family of streams so they never share draws with forget samples
@@ -880,4 +1002,4 @@ def residual_knowledge_loop(unlearned: nn.Module, reference: nn.Module, x: torch
     summary = _summarise(taus_arr, k_m, k_a, samples, confidence, ci_method, seed)
     return ResidualResult(taus=taus_arr, k_unlearned=k_m, k_reference=k_a, labels=y.numpy(), samples=int(samples),
                           norm=norm, sampler=sampler, tier="reference", confidence=float(confidence),
-                          ci_method=ci_method, summary=summary, draws="exact" if exact_draws else "grid16")
+                          ci_method=ci_method, summary=summary, draws="exact" if exact_draws else DEFAULT_DRAWS)

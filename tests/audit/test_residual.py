@@ -201,16 +201,18 @@ def test_uniform_l2_radius_law():
 
 @pytest.mark.parametrize("n, resamples", [(2, 7), (37, 500), (300, 2000)])
 def test_bootstrap_counts_match_gathered_resamples(n, resamples):
-    # the fast bootstrap (count matrix x values) against the obvious one: the same index draws,
+    # the fast bootstrap (count matrix x values) against the obvious one: the same index draws
+    # (the narrowest unsigned integers holding 0..n-1: 8 bits up to 256 samples, then 16),
     # each row resampled by gathering and averaged
     values = np.random.default_rng(n).gamma(2.0, size=(3, n))
     low, high = bootstrap_ci(values, 0.9, np.random.default_rng(5), resamples=resamples)
     rng = np.random.default_rng(5)
     block = max(1, min(resamples, 2_000_000 // n))
+    index_dtype = np.uint8 if n <= 256 else np.uint16
     means = np.empty((3, resamples))
     for start in range(0, resamples, block):
         stop = min(resamples, start + block)
-        index = rng.integers(0, n, size=(stop - start, n), dtype=np.int32)
+        index = rng.integers(0, n, size=(stop - start, n), dtype=index_dtype)
         means[:, start:stop] = values[:, index].mean(axis=-1)
     ref_low, ref_high = np.quantile(means, [0.05, 0.95], axis=1)
     np.testing.assert_allclose(low, ref_low, rtol=1e-12)
@@ -225,15 +227,23 @@ def test_unit_draws_are_the_streams_numbers_and_the_buffer_changes_nothing():
     for row, seed in zip(exact.unit_cube((4, 6)), exact.seeds):
         g = torch.Generator().manual_seed(seed)
         assert torch.equal(row, torch.rand((4, 6), generator=g) * 2 - 1)
-    # default: the stream's 64-bit words read as little-endian 16-bit integers I, W = (2I + 1) / 2^16;
+    # default: the sample's SplitMix64 words (key mix(seed + gamma), word j = mix(key + (j + 1) gamma),
+    # here in Python integers) read as little-endian 16-bit integers I, W = (2I + 1) / 2^16;
     # 4 x 7 = 28 values need 7 words exactly, 4 x 6 = 24 need 6, and 5 x 5 = 25 leave 3 lanes unused
+    mask, gamma = 2**64 - 1, 0x9E3779B97F4A7C15
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
     for shape in ((4, 7), (4, 6), (5, 5)):
         streams = NoiseStreams.for_samples(3, [0, 5, 9])
         count = int(np.prod(shape))
         for row, seed in zip(streams.unit_cube(shape), streams.seeds):
-            g = torch.Generator().manual_seed(seed)
-            words = torch.empty(-(-count // 4), dtype=torch.int64).random_(-(2**63), None, generator=g)
-            lanes = words.numpy().view("<i2")[:count].astype(np.float64)
+            key = mix((seed + gamma) & mask)
+            words = np.array([mix((key + (j + 1) * gamma) & mask) for j in range(-(-count // 4))], dtype=np.uint64)
+            lanes = words.view("<i2")[:count].astype(np.float64)
             np.testing.assert_array_equal(row.numpy().ravel(), (2 * lanes + 1) / 2**16)
     x = torch.rand((3, 6), generator=torch.Generator().manual_seed(1))
     for sampler, is_exact in (("uniform", False), ("uniform", True), ("gaussian", False)):

@@ -103,4 +103,4 @@ def test_batched_estimator_matches_plain_loop_in_both_draw_modes(exact):
     counts = np.concatenate([batched.k_unlearned, batched.k_reference])
     assert ((counts > 0) & (counts < 12)).any()
     # which draws an audit used is part of its result, so it can be reproduced from its seed
-    assert batched.to_metrics()["draws"] == loop.to_metrics()["draws"] == ("exact" if exact else "grid16")
+    assert batched.to_metrics()["draws"] == loop.to_metrics()["draws"] == ("exact" if exact else "grid16-splitmix64")

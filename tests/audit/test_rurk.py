@@ -43,17 +43,24 @@ def _accuracy(model, x, y):
 def test_rurk_removes_residual_knowledge_and_keeps_utility(digits):
     x, y, y_mem, f, r, t = (digits[k] for k in ("x", "y", "y_mem", "forget", "retain", "test"))
     taus = (0.05, 0.1)
-    before = residual_knowledge(digits["memorised"], digits["ref"], x[f], y_mem[f], taus, samples=32, seed=1)
-    assert before.summary[0]["ci_low"] > 5 and before.summary[0]["frac_above_1"] > 0.9  # memorised indeed
+    def audited(model):
+        # the property is RURK's, not one audit's: average the summaries of four audit seeds (the
+        # fraction above 1 at tau = 0.1 spreads 0.48-0.78 over audit seeds for one fixed model)
+        runs = [residual_knowledge(model, digits["ref"], x[f], y_mem[f], taus, samples=32, seed=s).summary
+                for s in (1, 2, 3, 4)]
+        return [{k: float(np.mean([run[i][k] for run in runs])) for k in runs[0][i]} for i in range(len(taus))]
+
+    before = audited(digits["memorised"])
+    assert before[0]["ci_low"] > 5 and before[0]["frac_above_1"] > 0.9  # memorised indeed
     model = rurk_finetune(copy.deepcopy(digits["memorised"]), digits["retain_loader"], digits["forget_loader"],
                           epochs=5, lr=1e-3, lam=1.0, tau=0.1, samples=16, seed=0, sampler="uniform")
-    after = residual_knowledge(model, digits["ref"], x[f], y_mem[f], taus, samples=32, seed=1)
-    for b, a in zip(before.summary, after.summary):
+    after = audited(model)
+    for b, a in zip(before, after):
         assert a["mean_r_tau"] < 0.2 * b["mean_r_tau"], (b, a)
         assert a["frac_above_1"] < 0.75 * b["frac_above_1"], (b, a)
         assert a["recognition_unlearned"] < 0.2 * b["recognition_unlearned"], (b, a)
     # at the smaller radius most forget samples are no longer recognised more than by the retrain
-    assert after.summary[0]["frac_above_1"] < 0.3
+    assert after[0]["frac_above_1"] < 0.3
     # utility: retain and test accuracy within 2 points of the memorised model's
     assert _accuracy(model, x[r], y[r]) >= _accuracy(digits["memorised"], x[r], y[r]) - 0.02
     assert _accuracy(model, x[t], y[t]) >= _accuracy(digits["memorised"], x[t], y[t]) - 0.02
