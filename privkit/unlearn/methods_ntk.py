@@ -57,7 +57,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -375,21 +375,32 @@ class _NTKBase:
         return updated
 
 
+    def _run_folder_state(self, context: UnlearnContext, key: str, load: Callable, what: str):
+        """``(state, where)`` for the run folder's kept ``what`` (``meta.json`` keys ``key_*``), or ``(None, why)``.
+
+        ``load`` checks the file's checksum (ArtifactError for a modified file); a state fitted on other
+        samples than the model's training data is an ArtifactError too.
+        """
+        meta = context.model_meta or {}
+        if self.kept_state == "off":
+            return None, "kept_state='off' was asked for"
+        if context.model_dir is None or not meta.get(f"{key}_sha256"):
+            return None, f"the model's run folder keeps no {what}"
+        state = load(context.model_dir, meta)
+        where = f"the {what} of {context.model_dir}"
+        if context.train_fingerprint is not None and meta.get(f"{key}_data_fingerprint") != context.train_fingerprint:
+            raise ArtifactError(f"{where} was fitted on other samples than the training data of this model; use "
+                                f"the same --data and --size as `privkit train`, or re-create the run")
+        return state, where
+
     def _replay_state(self, selected: dict, kind: str, context: UnlearnContext):
         """``(state, why)``: the run folder's kept replay state when it answers this request, else ``None``."""
         from privkit.unlearn.jacobian import flatten_parameters
         from privkit.unlearn.ntk_replay import SOLVE_DTYPE, load_replay_state
 
-        meta = context.model_meta or {}
-        if self.kept_state == "off":
-            return None, "kept_state='off' was asked for"
-        if context.model_dir is None or not meta.get("ntk_replay_sha256"):
-            return None, "the model's run folder keeps no replay state"
-        state = load_replay_state(context.model_dir, meta)  # ArtifactError for a modified file
-        where = f"the replay state of {context.model_dir}"
-        if context.train_fingerprint is not None and meta.get("ntk_replay_data_fingerprint") != context.train_fingerprint:
-            raise ArtifactError(f"{where} was fitted on other samples than the training data of this model; use "
-                                f"the same --data and --size as `privkit train`, or re-create the run")
+        state, where = self._run_folder_state(context, "ntk_replay", load_replay_state, "replay state")
+        if state is None:
+            return None, where
         shapes = [list(p.shape) for p in selected.values()]
         if (state.net.names != list(selected) or state.net.shapes != shapes
                 or not torch.equal(state.w0, flatten_parameters({n: context.w0[n] for n in selected},
@@ -457,17 +468,9 @@ class _NTKBase:
         from privkit.unlearn.jacobian import flatten_parameters
         from privkit.unlearn.ntk_linearized import load_linearised_state
 
-        meta = context.model_meta or {}
-        if self.kept_state == "off":
-            return None, "kept_state='off' was asked for"
-        if context.model_dir is None or not meta.get("ntk_linearised_sha256"):
-            return None, "the model's run folder keeps no linearised state"
-        state = load_linearised_state(context.model_dir, meta)  # ArtifactError for a modified file
-        where = f"the linearised state of {context.model_dir}"
-        if (context.train_fingerprint is not None
-                and meta.get("ntk_linearised_data_fingerprint") != context.train_fingerprint):
-            raise ArtifactError(f"{where} was fitted on other samples than the training data of this model; use "
-                                f"the same --data and --size as `privkit train`, or re-create the run")
+        state, where = self._run_folder_state(context, "ntk_linearised", load_linearised_state, "linearised state")
+        if state is None:
+            return None, where
         shapes = [list(p.shape) for p in selected.values()]
         anchor = flatten_parameters(w0, torch.float64)
         point = anchor if linearise_at is None else flatten_parameters(linearise_at, torch.float64)

@@ -686,37 +686,21 @@ def fit_linearised_state(model: nn.Module, w0: Mapping[str, Tensor], dataset, ta
 
 def save_linearised_state(folder, state: LinearisedState) -> dict:
     """Write :data:`LINEARISED_STATE_FILE` into ``folder`` (write, then rename); return its ``meta.json`` keys."""
-    import hashlib
-    import os
-    from pathlib import Path
+    from privkit.unlearn.peft import write_checked_file
 
-    folder = Path(folder)
-    partial = folder / (LINEARISED_STATE_FILE + ".partial")
-    state.save(partial)
-    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
-    os.replace(partial, folder / LINEARISED_STATE_FILE)
+    digest = write_checked_file(folder, LINEARISED_STATE_FILE, state.save)
     return {"ntk_linearised_file": LINEARISED_STATE_FILE, "ntk_linearised_sha256": digest,
             "ntk_linearised_fit_seconds": float(state.fit_seconds_)}
 
 
 def load_linearised_state(folder, meta: dict) -> LinearisedState | None:
     """The run folder's kept :class:`LinearisedState`, checksum-verified; ``None`` when it keeps none."""
-    import hashlib
-
-    from privkit.errors import ArtifactError
+    from privkit.unlearn.peft import read_checked_file
 
     if not meta.get("ntk_linearised_sha256"):
         return None
-    from privkit.unlearn.peft import run_folder_file
-
-    path = run_folder_file(folder, str(meta.get("ntk_linearised_file") or LINEARISED_STATE_FILE),
-                           "the linearised state")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"{path} cannot be read ({exc.strerror}); re-create the run") from exc
-    if hashlib.sha256(raw).hexdigest() != meta["ntk_linearised_sha256"]:
-        raise ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is corrupt")
+    path, raw = read_checked_file(folder, str(meta.get("ntk_linearised_file") or LINEARISED_STATE_FILE),
+                                  str(meta["ntk_linearised_sha256"]), "the linearised state")
     return LinearisedState.load(path, raw=raw)  # the verified bytes, not a second read
 
 

@@ -55,7 +55,6 @@ runs one replay (``K`` sets of these tensors).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -482,26 +481,19 @@ def _check_shapes(state: ReplayState) -> None:
 
 def save_replay_state(folder, state: ReplayState, data_fingerprint: str) -> dict:
     """Write :data:`REPLAY_STATE_FILE` into ``folder`` (write, then rename); return its ``meta.json`` keys."""
-    folder = Path(folder)
-    partial = folder / (REPLAY_STATE_FILE + ".partial")
-    state.save(partial)
-    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
-    os.replace(partial, folder / REPLAY_STATE_FILE)
+    from privkit.unlearn.peft import write_checked_file
+
+    digest = write_checked_file(folder, REPLAY_STATE_FILE, state.save)
     return {"ntk_replay_file": REPLAY_STATE_FILE, "ntk_replay_sha256": digest,
             "ntk_replay_fit_seconds": float(state.fit_seconds), "ntk_replay_data_fingerprint": data_fingerprint}
 
 
 def load_replay_state(folder, meta: Mapping[str, Any]) -> ReplayState | None:
     """The run folder's kept :class:`ReplayState`, checksum-verified; ``None`` when it keeps none."""
-    from privkit.unlearn.peft import run_folder_file
+    from privkit.unlearn.peft import read_checked_file
 
     if not meta.get("ntk_replay_sha256"):
         return None
-    path = run_folder_file(folder, str(meta.get("ntk_replay_file") or REPLAY_STATE_FILE), "the replay state")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"{path} cannot be read ({exc.strerror}); re-create the run") from exc
-    if hashlib.sha256(raw).hexdigest() != meta["ntk_replay_sha256"]:
-        raise ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is corrupt")
-    return ReplayState.from_bytes(raw, str(path))
+    path, raw = read_checked_file(folder, str(meta.get("ntk_replay_file") or REPLAY_STATE_FILE),
+                                  str(meta["ntk_replay_sha256"]), "the replay state")
+    return ReplayState.from_bytes(raw, str(path))  # the verified bytes, not a second read

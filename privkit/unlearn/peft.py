@@ -45,7 +45,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -227,6 +227,36 @@ def run_folder_file(folder: str | Path, name: str, what: str) -> Path:
         raise ArtifactError(f"meta.json names {what} {name!r}, which is not a file of the run folder; "
                             f"the artifact was modified, re-create it")
     return Path(folder) / name
+
+
+def write_checked_file(folder: str | Path, name: str, write: Callable[[Path], None]) -> str:
+    """``write(path)`` into ``folder / name`` atomically (a ``.partial`` file, then a rename); its SHA-256.
+
+    The kept states of a run folder (linearised, replay) are written this way so a crash leaves the
+    old file or none, never half of one, and ``meta.json`` records the checksum of exactly what was written.
+    """
+    folder = Path(folder)
+    partial = folder / (name + ".partial")
+    write(partial)
+    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    os.replace(partial, folder / name)
+    return digest
+
+
+def read_checked_file(folder: str | Path, name: str, sha256: str, what: str) -> tuple[Path, bytes]:
+    """``(path, bytes)`` of the run folder's file ``name`` after checking them against ``sha256``.
+
+    The caller parses these verified bytes (never a second read); a missing, unreadable or modified
+    file is a one-line :class:`~privkit.errors.ArtifactError`.
+    """
+    path = run_folder_file(folder, name, what)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read ({exc.strerror}); re-create the run") from exc
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise ArtifactError(f"{path} does not match the checksum in meta.json; the artifact was modified or is corrupt")
+    return path, raw
 
 
 def load_ntk_state(folder: str | Path, meta: dict, data_fingerprint: str | None = None):
