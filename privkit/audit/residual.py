@@ -606,7 +606,9 @@ class ResidualResult:
     #: SplitMix64 word (the default); ``"exact"``: ``exact_draws=True``, one ``torch.rand`` float per
     #: value (the stream of earlier releases). ``"grid16"`` in an older ``metrics.json`` names the same
     #: grid drawn from per-sample torch generators (the previous release). The Gaussian and L2 draws
-    #: are the same in all. Recorded so an audit can be reproduced from its seed.
+    #: are the same in all. Recorded so an audit can be matched to the code that reproduces it from its
+    #: seed (``grid16`` audits: privkit at commit 48df733 or earlier; the bootstrap's resamples changed
+    #: with ``grid16-splitmix64`` as well, so confidence bounds of older audits differ by bootstrap noise).
     draws: str = DEFAULT_DRAWS
 
     @property

@@ -59,6 +59,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -105,6 +106,11 @@ def fast_ntk_kind(model: nn.Module, recipe_peft: str | None = None) -> str:
             continue
     raise ConfigError(f"fast-ntk needs BatchNorm or prompt parameters but model {type(model).__name__} has neither; "
                       f"use --method ntk or train a model with BatchNorm (cnn) or prompts (vit-tiny)")
+
+
+def _check_replay_points(points) -> None:
+    if isinstance(points, bool) or not isinstance(points, int) or points < 1:
+        raise ConfigError(f"replay_points must be a whole number >= 1, got {points!r}; 3 is the default")
 
 
 def _numeric(value) -> bool:
@@ -197,8 +203,16 @@ class _NTKBase:
         if self.step == "replay" and context.w0 is None:
             raise ConfigError("step='replay' replays the parameter-efficient fine-tuning from its pretrained values "
                               "w0; it needs a model trained with `privkit train --peft`, or use step='newton'")
+        _check_replay_points(self.replay_points)
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
+        if self.step in ("replay", "auto") and context.w0 is not None:
+            # a kept replay state that is malformed or not of this model is refused before anything is written
+            # (the request reads and checks it again, on its own clock)
+            self._replay_state(selected, kind, context)
+            if self.step == "replay":
+                _import_torch_func()
+                return
         t_start = time.perf_counter()
         state, _ = self._kept_state(selected, kind, context)  # ArtifactError for a state not of the model
         if state is not None:
@@ -421,12 +435,11 @@ class _NTKBase:
         linearised piecewise along :math:`w_0 \\to w^*` (:mod:`privkit.unlearn.ntk_replay`).
 
         From the run folder's kept :class:`~privkit.unlearn.ntk_replay.ReplayState` when it matches (no
-        network pass), else one-shot: the Jacobians over :math:`D_r` and :math:`D_f` (the full replay then
-        visits :math:`D` as retain samples followed by forget samples, not in the training order).
+        network pass), else one-shot: the Jacobians over :math:`D_r` and :math:`D_f`, with :math:`D` put
+        back in the training order (ascending dataset index) for the replays.
         """
-        from privkit.unlearn.jacobian import unflatten_parameters
+        from privkit.unlearn.jacobian import flatten_parameters, unflatten_parameters
         from privkit.unlearn.ntk import _apply_delta
-        from privkit.unlearn.jacobian import flatten_parameters
         from privkit.unlearn.ntk_replay import (SOLVE_DTYPE, ReplayRecipe, linearise_for_replay, path_points,
                                                 replay_forget_delta)
 
@@ -445,10 +458,15 @@ class _NTKBase:
             w0 = {n: context.w0[n] for n in selected}
             retain_x, retain_y = _x_y(retain, t)
             forget_x, forget_y = _x_y(forget, t)
-            x, y = torch.cat([retain_x, forget_x]), torch.cat([retain_y, forget_y])
+            # D in training order: the fine-tuning set and the retain set are both in ascending dataset index
+            # (peft_parts, select_forget), so sorting the union by index restores the order training saw
+            ids = torch.as_tensor(np.concatenate([retain.base_indices, forget.base_indices]), dtype=torch.long)
+            order = torch.argsort(ids)
+            x, y = torch.cat([retain_x, forget_x])[order], torch.cat([retain_y, forget_y])[order]
+            retain_rows = torch.nonzero(order < len(retain_y)).reshape(-1)
             nets = [linearise_for_replay(model, w0, point, x, y, self.chunk_size) for point in points]
             path = flatten_parameters(selected, SOLVE_DTYPE) - flatten_parameters(w0, SOLVE_DTYPE)
-            delta_flat, info = replay_forget_delta(nets, torch.arange(len(retain_y)), recipe, path=path)
+            delta_flat, info = replay_forget_delta(nets, retain_rows, recipe, path=path)
             one_off = 0.0
         delta = unflatten_parameters(delta_flat, selected)
         updated = copy_model(model)

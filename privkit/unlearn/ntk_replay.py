@@ -25,12 +25,9 @@ This step replays the recipe itself, on the network linearised along the fine-tu
         \quad \delta^{(0)} = 0,
 
 i.e. each step uses the linearisation nearest to where the iterate is along the path (a
-midpoint rule per segment, so the error is second order in the segment length). On the tuning
-requests (a scratch study) K = 3 cut the replay's own error, :math:`\lVert w_0 + \delta_D - w^*\rVert`,
-from 20 % / 24 % of :math:`\lVert w^* - w_0\rVert` (K = 1, the midpoint) to 14 % on synthetic-faces /
-ORL (22 % on digits either way), and lowered the mean gap to the seed-0 retraining over those 8
-requests from 2.55 to 1.73 points (against the mean of 5 retrainings it rose from 1.82 to 2.18:
-within the retrainings' own spread either way). :math:`\mathrm{Recipe}_S` runs the recipe's optimizer for
+midpoint rule per segment, so the error is second order in the segment length). K = 3 was chosen
+over K = 1 (the midpoint) on tuning requests (docs/benchmarks.md, "Fast-NTK's three steps", which
+also reports both). :math:`\mathrm{Recipe}_S` runs the recipe's optimizer for
 its epochs over the batches of :func:`privkit.train.epoch_batches` on :math:`S` (the same
 permutations ``privkit train`` and ``retrain`` draw for a set of that size), and :math:`\lambda` is
 the recipe's w0-penalty. The update keeps the difference form of the other steps, which cancels
@@ -64,21 +61,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from privkit.errors import ArtifactError, ConfigError
 
 __all__ = ["ReplayRecipe", "LinearisedNet", "linearise_for_replay", "replay_recipe", "replay_forget_delta",
            "path_points", "DEFAULT_REPLAY_POINTS",
-           "ReplayState", "save_replay_state", "load_replay_state", "REPLAY_STATE_FILE", "REPLAY_STATE_KEYS"]
+           "ReplayState", "save_replay_state", "load_replay_state", "REPLAY_STATE_FILE"]
 
 SOLVE_DTYPE = torch.float64
 #: Linearisation points along the fine-tuning path (chosen on tuning requests: docs/benchmarks.md).
 DEFAULT_REPLAY_POINTS = 3
 #: File name and ``meta.json`` keys of a kept :class:`ReplayState` in a run folder.
 REPLAY_STATE_FILE = "ntk_replay.safetensors"
-REPLAY_STATE_KEYS = ("ntk_replay_file", "ntk_replay_sha256", "ntk_replay_fit_seconds", "ntk_replay_data_fingerprint")
 
 
 @dataclass(frozen=True)
@@ -101,6 +96,14 @@ class ReplayRecipe:
                    anchor_penalty=float(recipe.anchor_penalty), seed=int(recipe.seed if seed is None else seed))
 
     def check(self) -> None:
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"a replay needs a whole-number {name}, got {value!r}; re-create the run")
+        for name in ("lr", "momentum", "anchor_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"a replay needs a finite, non-negative {name}, got {value!r}; re-create the run")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"a replay needs epochs >= 1 and batch_size >= 1, got {self.epochs} and "
                               f"{self.batch_size}; the model's recipe in meta.json is damaged, re-create the run")
@@ -167,17 +170,17 @@ class LinearisedNet:
                              None if self.features is None else self.features[rows], self.shift)
 
 
-def _head_input(model: nn.Module, head_module: str, x: Tensor) -> Tensor:
-    """The head module's input for ``x`` (one forward with a hook)."""
+def _head_input_and_logits(model: nn.Module, head_module: str, x: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """The head module's input and the logits for ``x``, in chunks of ``chunk_size`` samples (a forward hook)."""
     captured: list[Tensor] = []
     module = model.get_submodule(head_module)
     handle = module.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
     try:
         with torch.no_grad():
-            model(x)
+            logits = torch.cat([model(x[i:i + chunk_size]) for i in range(0, len(x), chunk_size)])
     finally:
         handle.remove()
-    return captured[0]
+    return torch.cat(captured), logits
 
 
 def linearise_for_replay(model: nn.Module, w0: Mapping[str, Tensor], point: Mapping[str, Tensor], x: Tensor,
@@ -204,9 +207,7 @@ def linearise_for_replay(model: nn.Module, w0: Mapping[str, Tensor], point: Mapp
         w_name = next(n for n in head_params if n.endswith("weight"))
         b_name = next(n for n in head_params if n.endswith("bias"))
         module_name = w_name[:-len(".weight")] if w_name.endswith(".weight") else ""
-        features = _head_input(at_point, module_name, x)
-        with torch.no_grad():
-            logits = at_point(x)
+        features, logits = _head_input_and_logits(at_point, module_name, x, chunk_size)
         if features.dim() == 2 and torch.allclose(features @ live[w_name].T + live[b_name], logits, rtol=1e-4,
                                                   atol=1e-5):
             head = (w_name, b_name)
@@ -217,9 +218,6 @@ def linearise_for_replay(model: nn.Module, w0: Mapping[str, Tensor], point: Mapp
     if body:
         jac, logits = parameter_jacobian(at_point, x, {n: live[n] for n in body}, chunk_size, return_logits=True)
         jac_body = jac.reshape(len(x), -1, jac.shape[-1]).to(torch.float32)
-    else:
-        with torch.no_grad():
-            logits = at_point(x)
     shift = flatten_parameters(point, SOLVE_DTYPE) - flatten_parameters(w0, SOLVE_DTYPE)
     return LinearisedNet(names, [list(w0[n].shape) for n in names], body, head, logits.detach().to(SOLVE_DTYPE),
                          y.detach().long().clone(), jac_body,
@@ -273,6 +271,8 @@ def replay_recipe(nets: LinearisedNet | Sequence[LinearisedNet], recipe: ReplayR
     if n_pieces > 1:
         path = path.to(dtype)
         path_sq = float(path @ path)
+        if not (math.isfinite(path_sq) and path_sq > 0):  # fine-tuning did not move: every point is the same
+            pieces, n_pieces = pieces[:1], 1
     n_classes = net.logits.shape[1]
     labels = net.labels
     delta = torch.zeros(total, dtype=dtype)
@@ -285,7 +285,14 @@ def replay_recipe(nets: LinearisedNet | Sequence[LinearisedNet], recipe: ReplayR
                for batch in epoch_batches(n, recipe.batch_size, recipe.seed, epoch, single)]
     moved = torch.empty_like(delta)
     for rows in batches:
-        piece = 0 if n_pieces == 1 else min(n_pieces - 1, max(0, int(float(delta @ path) / path_sq * n_pieces)))
+        if n_pieces == 1:
+            piece = 0
+        else:
+            position = float(delta @ path) / path_sq
+            if not math.isfinite(position):
+                raise ConfigError("the replay diverged (a non-finite iterate); the recipe's learning rate does not "
+                                  "train the linearised network, use step='newton'")
+            piece = min(n_pieces - 1, max(0, int(position * n_pieces)))
         shift, logits, jac, feats = pieces[piece]
         torch.sub(delta, shift, out=moved)
         z = logits.index_select(0, rows)
@@ -453,9 +460,11 @@ class ReplayState:
             recipe = ReplayRecipe(**header["recipe"])
             state = cls(nets, tensors["ids"], tensors["w0"], tensors["trained"], tensors["delta_full"], recipe,
                         str(header["params"]), float(header["fit_seconds"]))
-            _check_shapes(state)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{where} is a malformed replay state ({exc!r}); re-create the run") from None
+            known = {"labels", "ids", "w0", "trained", "delta_full"} | {f"p{k}.{key}" for k in range(points)
+                                                                        for key in cls._PER_POINT}
+            _check_shapes(state, set(tensors) - known)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, ConfigError) as exc:
+            raise ArtifactError(f"{where} is a malformed replay state ({exc}); re-create the run") from None
         return state
 
 
@@ -465,18 +474,46 @@ def _metadata(raw: bytes) -> dict:
     return dict(json.loads(raw[8:8 + length]).get("__metadata__") or {})
 
 
-def _check_shapes(state: ReplayState) -> None:
-    n, p = len(state.net.labels), sum(math.prod(s) for s in state.net.shapes)
-    if state.ids.shape != (n,) or any(t.shape != (p,) for t in (state.w0, state.trained, state.delta_full)):
-        raise ValueError("tensor shapes disagree")
-    for net in state.nets:
-        if net.logits.dim() != 2 or net.logits.shape[0] != n or net.shift.shape != (p,):
-            raise ValueError("logits or shift shape")
-        body_p = sum(math.prod(s) for name, s in zip(net.names, net.shapes) if name in net.body)
-        if net.body and (net.jac_body is None or tuple(net.jac_body.shape) != (n, net.logits.shape[1], body_p)):
-            raise ValueError("jac_body shape")
-        if net.head is not None and (net.features is None or net.features.shape[0] != n):
-            raise ValueError("features shape")
+def _check_shapes(state: ReplayState, extra_keys: set[str]) -> None:
+    """Everything a replay relies on, so a malformed state is refused here, not half-way through a request."""
+    net = state.net
+    names, sizes = net.names, [math.prod(s) for s in net.shapes]
+    if len(set(names)) != len(names) or any(not isinstance(n, str) for n in names) or any(v < 1 for v in sizes):
+        raise ValueError("parameter names or shapes")
+    if net.head is not None:
+        if len(net.head) != 2 or not set(net.head) <= set(names):
+            raise ValueError("head names")
+    if net.body != [n for n in names if net.head is None or n not in net.head]:
+        raise ValueError("body names")
+    n, p = len(net.labels), sum(sizes)
+    if net.labels.dtype != torch.int64 or net.labels.dim() != 1 or n == 0:
+        raise ValueError("labels")
+    if state.ids.shape != (n,) or state.ids.dtype != torch.int64:
+        raise ValueError("ids")
+    if any(t.shape != (p,) or not t.is_floating_point() for t in (state.w0, state.trained, state.delta_full)):
+        raise ValueError("w0, trained or delta_full")
+    n_classes = net.logits.shape[1] if net.logits.dim() == 2 else 0
+    if n_classes < 2 or int(net.labels.min()) < 0 or int(net.labels.max()) >= n_classes:
+        raise ValueError("labels out of the logits' range")
+    head_in = None
+    if net.head is not None:
+        w_size, b_size = (sizes[names.index(h)] for h in net.head)
+        head_in = w_size // n_classes
+        if b_size != n_classes or w_size != head_in * n_classes:
+            raise ValueError("head shapes")
+    body_p = sum(size for name, size in zip(names, sizes) if name in net.body)
+    for nt in state.nets:
+        if tuple(nt.logits.shape) != (n, n_classes) or nt.shift.shape != (p,) or not nt.logits.is_floating_point():
+            raise ValueError("logits or shift")
+        if net.body and (nt.jac_body is None or tuple(nt.jac_body.shape) != (n, n_classes, body_p)
+                         or not nt.jac_body.is_floating_point()):
+            raise ValueError("jac_body")
+        if (net.head is None) != (nt.features is None) or (
+                nt.features is not None and (tuple(nt.features.shape) != (n, head_in) or not nt.features.is_floating_point())):
+            raise ValueError("features")
+    if extra_keys:
+        raise ValueError(f"unexpected tensors {sorted(extra_keys)[:3]}")
+    state.recipe.check()
 
 
 def save_replay_state(folder, state: ReplayState, data_fingerprint: str) -> dict:

@@ -350,6 +350,9 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
     model_entry(model_name)
     if weight_decay < 0:
         raise ConfigError(f"--weight-decay {weight_decay} must be >= 0")
+    if replay_points is not None and (isinstance(replay_points, bool) or not isinstance(replay_points, int)
+                                      or replay_points < 1):
+        raise ConfigError(f"replay_points must be a whole number >= 1, got {replay_points!r}; 3 is the default")
     anchor = float(weight_decay) if weight_decay > 0 else DEFAULT_ANCHOR
     pretrain_epochs = int(pretrain_epochs or epochs)
     split = classifier_split(ds, target, data_seed)
@@ -429,7 +432,7 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
             from privkit.unlearn.base import TrainingRecipe
             from privkit.unlearn.ntk_replay import ReplayRecipe, ReplayState, save_replay_state
 
-            # fast-ntk step="replay": the network linearised at the midpoint of w0 and w* over the fine-tuning
+            # fast-ntk step="replay": the network linearised at points along w0 -> w* over the fine-tuning
             # samples, in their training order, and the recipe replayed over all of them (one-off cost)
             x_fine, attrs_fine = fine_set.materialize()
             replay_state = ReplayState.fit(model, w0, x_fine, attrs_fine[:, ds.schema.index(target)],

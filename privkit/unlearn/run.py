@@ -303,7 +303,7 @@ def unlearn_run(model_dir: str | Path, data_spec: str, forget_spec: str, method_
             ntk_costs = _ntk_costs(ntk, seconds)
             kept = ntk_costs["path"] == "kept-state"
             replay = ntk.get("step") == "replay"
-            rows = [["one-off: replay state over D (linearised network at the midpoint, recipe replayed over D)"
+            rows = [["one-off: replay state over D (network linearised along w0 -> w*, recipe replayed over D)"
                      if replay else "one-off: NTK state over D (J^T J, J^T r, eigendecomposition)",
                      ntk_costs["one_off_seconds"],
                      "once, by `privkit train --peft`" if kept else "nothing kept: paid inside every request"],

@@ -52,6 +52,7 @@ def test_cli_request_is_served_from_the_kept_replay_state(peft_run):
                     "--method", "fast-ntk", "--option", "step=replay", "--out", out)
     assert result.exit_code == 0, result.output
     after, after_meta = load_model(out)
+    assert after_meta["ntk_costs"]["path"] == "kept-state"
     before, _ = load_model(run)
     state = load_replay_state(run, meta)
     req = prepare_request(run, "digits", "class=3", size=SIZE)
@@ -66,12 +67,62 @@ def test_cli_request_is_served_from_the_kept_replay_state(peft_run):
                           for n in frozen)
 
 
-def test_replay_without_a_kept_state_runs_one_shot(peft_run):
+def test_replay_without_a_kept_state_runs_one_shot_and_agrees(peft_run):
     req = prepare_request(peft_run / "peft", "digits", "class=3", size=SIZE)
-    method = get_unlearner("fast-ntk", step="replay", kept_state="off")
-    method.check(req.start_model, req.context)
-    _, _, info = run_method(method, req)
-    assert info["ntk"]["path"] == "one-shot" and info["ntk"]["delta_full"] == "replayed"
+    results = {}
+    for kept_state in ("off", "auto"):
+        method = get_unlearner("fast-ntk", step="replay", kept_state=kept_state)
+        method.check(req.start_model, req.context)
+        model, _, info = run_method(method, req)
+        results[kept_state] = (_flat(model.parameters()), info["ntk"])
+    assert results["off"][1]["path"] == "one-shot" and results["off"][1]["delta_full"] == "replayed"
+    assert results["auto"][1]["path"] == "kept-state"
+    # one-shot visits D in the training order too, so it lands where the kept state does
+    torch.testing.assert_close(results["off"][0], results["auto"][0], rtol=1e-4, atol=1e-5)
+    assert results["off"][1]["replay_path_error"] == pytest.approx(results["auto"][1]["replay_path_error"], rel=1e-3)
+
+
+def test_bad_replay_points_is_refused_under_every_step(peft_run):
+    req = prepare_request(peft_run / "peft", "digits", "class=3", size=SIZE)
+    for step in ("auto", "newton", "replay"):
+        for points in (0, True, "3"):
+            with pytest.raises(ConfigError, match="replay_points"):
+                get_unlearner("fast-ntk", step=step, replay_points=points).check(req.start_model, req.context)
+
+
+def test_malformed_state_with_a_matching_checksum_is_an_artifact_error(peft_run, tmp_path):
+    import dataclasses
+    import shutil
+
+    from privkit.unlearn.ntk_replay import save_replay_state
+
+    run = peft_run / "peft"
+    meta = json.loads((run / "meta.json").read_text())
+    good = load_replay_state(run, meta)
+
+    def broken(mutate):
+        state = load_replay_state(run, meta)
+        mutate(state)
+        return state
+
+    def no_head(state):
+        for net in state.nets:
+            net.head = None
+            net.body = list(net.names)
+
+    cases = {
+        "labels out of range": lambda st: st.net.labels.__setitem__(0, 99),
+        "head dropped": no_head,
+        "recipe epochs a string": lambda st: setattr(st, "recipe", dataclasses.replace(st.recipe, epochs="3")),
+        "a point's Jacobian cut": lambda st: setattr(st.nets[1], "jac_body", st.nets[1].jac_body[:, :, :5].clone()),
+    }
+    for name, mutate in cases.items():
+        folder = tmp_path / name.replace(" ", "-")
+        shutil.copytree(run, folder)
+        new_meta = dict(meta, **save_replay_state(folder, broken(mutate), meta["ntk_replay_data_fingerprint"]))
+        with pytest.raises(ArtifactError, match="malformed replay state"):
+            load_replay_state(folder, new_meta)
+    assert len(good.nets) == 3
 
 
 def test_bad_input_is_one_line_exit_2(peft_run, tmp_path):
@@ -123,6 +174,7 @@ def test_documented_replay_example(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "runs" / "r" / "meta.json").read_text())
     assert meta["ntk_costs"]["path"] == "kept-state"
+    assert "replay" in (tmp_path / "runs" / "r" / "report.html").read_text()
     metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
     assert metrics["UA"] > 0.0  # the forgotten class is no longer recognised perfectly, as after retraining
 
@@ -141,5 +193,5 @@ def test_default_step_is_replay_exactly_when_a_replay_state_answers(peft_run):
     assert runs["newton"][1]["step"] == "newton"
     # a kept state with another number of points does not answer: auto falls back to the Newton step
     assert runs["auto, other points"][1]["step"] == "newton"
-    assert "2" in runs["auto, other points"][1]["step_reason"]
+    assert "replay_points=2" in runs["auto, other points"][1]["step_reason"]
     torch.testing.assert_close(runs["auto, other points"][0], runs["newton"][0])

@@ -171,5 +171,16 @@ def test_state_round_trip_and_tampering(tmp_path):
 def test_recipe_checks():
     with pytest.raises(ConfigError, match="adam or sgd"):
         ReplayRecipe(epochs=1, batch_size=4, lr=0.1, optimizer="lbfgs").check()
-    with pytest.raises(ConfigError, match="learning rate"):
+    with pytest.raises(ConfigError, match="non-negative lr, got nan"):
         ReplayRecipe(epochs=1, batch_size=4, lr=float("nan")).check()
+    with pytest.raises(ConfigError, match="positive learning rate"):
+        ReplayRecipe(epochs=1, batch_size=4, lr=0.0).check()
+    with pytest.raises(ConfigError, match="whole-number epochs"):
+        ReplayRecipe(epochs=2.5, batch_size=4, lr=0.1).check()
+
+
+def test_a_path_of_length_zero_uses_one_linearisation():
+    net = _random_net()
+    recipe = ReplayRecipe(epochs=2, batch_size=8, lr=0.05, seed=0)
+    torch.testing.assert_close(replay_recipe([net, _random_net(seed=1)], recipe, torch.zeros(len(net.shift))),
+                               replay_recipe(net, recipe))
