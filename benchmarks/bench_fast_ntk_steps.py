@@ -92,16 +92,18 @@ def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, 
                 method.check(req.start_model, req.context)  # the pre-flight check of `privkit unlearn`, off the clock
                 model, seconds, info = run_method(method, req)
                 step_times[step].append(seconds)
-                models[step] = (model, info["ntk"]["path"])
+                models[step] = (model, info["ntk"]["path"], info["ntk"].get("replay_path_error"))
         t_retrain = statistics.median(retrain_times)
         noise = [avg_gap(r, refs[0]) for r in refs[1:]]
         cells = [key, forget, role, str(len(req.forget)), fmt(t_retrain)]
         for step in steps:
-            model, path = models[step]
+            model, path, path_error = models[step]
             m = unlearning_metrics(model, req.retain, req.forget, req.test, target, 0.0, seed=0)
             t = statistics.median(step_times[step])
             gap0, gapm = avg_gap(m, refs[0]), avg_gap(m, mean)
             cells += [f"{t:.2f} ({path})", f"{t_retrain / t:.1f}x", _bold(gap0), _bold(gapm)]
+            if step == "replay":
+                cells.append(f"{path_error:.3f}")
         cells += [f"{min(noise):.2f}-{max(noise):.2f}" if noise else "–",
                   " / ".join(f"{mean[k]:.1f}" for k in GAP_KEYS), f"{os.getloadavg()[0]:.1f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
@@ -138,6 +140,8 @@ def main() -> None:
         name = f"replay (K={points})" if step == "replay" else step
         header += [f"{name} s (path)", f"{name} speed-up", f"{name} gap vs retrain seed 0",
                    f"{name} gap vs mean of {args.retrain_seeds} retrains"]
+        if step == "replay":
+            header.append("replay path error |w0 + delta_D - w*| / |w* - w0|")
     header += ["retrain vs retrain seed 0 (other seeds)", "retrain mean UA / RA / TA / MIA", "load (1 min)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)

@@ -315,6 +315,28 @@ def _ntk_state_memory_problem(model: nn.Module, names: list[str], n_samples: int
     return None
 
 
+def replay_state_memory_problem(model: nn.Module, names: list[str], n_samples: int, n_classes: int,
+                                points: int) -> str | None:
+    """Why the replay state would not fit in memory, or ``None`` if it fits.
+
+    The state holds, per linearisation point, the Jacobian of the selected parameters other than the
+    classifier head (float32, ``n_samples x n_classes x P_body``); fitting it holds about twice that.
+    """
+    from privkit.unlearn.jacobian import _classifier_head
+    from privkit.unlearn.ntk import _gib, available_memory_bytes
+
+    params = dict(model.named_parameters())
+    head = [n for n in _classifier_head(model) if n in names]
+    body = sum(params[n].numel() for n in names if len(head) != 2 or n not in head)
+    need = 2 * points * n_samples * n_classes * body * 4
+    available = available_memory_bytes()
+    if available is not None and need > 0.8 * available:
+        return (f"the replay state would need about {_gib(need)} ({points} points x {n_samples} samples x {n_classes} "
+                f"classes x {body} parameters) but {_gib(available)} are available; train without --replay-state "
+                f"(fast-ntk then uses the Newton step) or on fewer samples")
+    return None
+
+
 def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: str | None = None, peft: str = "bn",
                    epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                    data_seed: int = 0, size: int | None = None, resume: bool = False, overwrite: bool = False,
@@ -373,6 +395,14 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
     if keep_ntk_state:
         state_skipped = _ntk_state_memory_problem(model, names, len(fine_idx), attribute.num_classes,
                                                   ds[int(fine_idx[0])][0].unsqueeze(0))
+    if keep_replay_state:
+        from privkit.errors import ResourceError
+        from privkit.unlearn.ntk_replay import DEFAULT_REPLAY_POINTS
+
+        problem = replay_state_memory_problem(model, names, len(fine_idx), attribute.num_classes,
+                                              replay_points or DEFAULT_REPLAY_POINTS)
+        if problem is not None:
+            raise ResourceError(problem)
     config: dict[str, Any] = {
         "data": str(data_spec), "size": size, "target": target, "model": model_name, "model_kwargs": dict(model_kwargs or {}),
         "epochs": epochs, "batch_size": batch_size, "seed": seed, "data_seed": data_seed,

@@ -184,3 +184,18 @@ def test_a_path_of_length_zero_uses_one_linearisation():
     recipe = ReplayRecipe(epochs=2, batch_size=8, lr=0.05, seed=0)
     torch.testing.assert_close(replay_recipe([net, _random_net(seed=1)], recipe, torch.zeros(len(net.shift))),
                                replay_recipe(net, recipe))
+
+
+def test_replay_state_memory_guard_counts_the_body_jacobian_only(monkeypatch):
+    import privkit.unlearn.ntk as ntk_module
+    from privkit.unlearn.peft import replay_state_memory_problem
+
+    model, _, _, _ = bn_cnn(seed=0, n_classes=4, n=4)
+    names = list(select_parameters(model, "bn"))
+    body = sum(p.numel() for n, p in model.named_parameters() if n in names and not n.startswith("4."))
+    need = 2 * 3 * 1000 * 4 * body * 4
+    monkeypatch.setattr(ntk_module, "available_memory_bytes", lambda: int(need / 0.8) + 1)
+    assert replay_state_memory_problem(model, names, 1000, 4, 3) is None
+    monkeypatch.setattr(ntk_module, "available_memory_bytes", lambda: int(need / 0.8) - 1)
+    message = replay_state_memory_problem(model, names, 1000, 4, 3)
+    assert f"x {body} parameters" in message and "without --replay-state" in message
