@@ -321,6 +321,9 @@ def replay_recipe(nets: LinearisedNet | Sequence[LinearisedNet], recipe: ReplayR
         else:  # torch.optim.SGD with momentum (dampening 0): the buffer starts as the first gradient
             m_avg = grad.clone() if step == 1 else m_avg.mul_(recipe.momentum).add_(grad)
             delta.add_(m_avg if recipe.momentum else grad, alpha=-recipe.lr)
+    if not bool(torch.isfinite(delta).all()):
+        raise ConfigError("the replay diverged (a non-finite iterate); the recipe's learning rate does not train the "
+                          "linearised network, use step='newton'")
     return delta.to(SOLVE_DTYPE)
 
 

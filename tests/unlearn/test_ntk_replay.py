@@ -199,3 +199,9 @@ def test_replay_state_memory_guard_counts_the_body_jacobian_only(monkeypatch):
     monkeypatch.setattr(ntk_module, "available_memory_bytes", lambda: int(need / 0.8) - 1)
     message = replay_state_memory_problem(model, names, 1000, 4, 3)
     assert f"x {body} parameters" in message and "without --replay-state" in message
+
+
+def test_a_diverging_replay_is_a_config_error():
+    net = _random_net()
+    with pytest.raises(ConfigError, match="diverged"):
+        replay_recipe(net, ReplayRecipe(epochs=50, batch_size=8, lr=1e10, optimizer="sgd", anchor_penalty=0.5, seed=0))
