@@ -141,7 +141,7 @@ def main() -> None:
         header += [f"{name} s (path)", f"{name} speed-up", f"{name} gap vs retrain seed 0",
                    f"{name} gap vs mean of {args.retrain_seeds} retrains"]
         if step == "replay":
-            header.append("replay path error |w0 + delta_D - w*| / |w* - w0|")
+            header.append("replay path error (norm of w0 + delta_D - w* over norm of w* - w0)")
     header += ["retrain vs retrain seed 0 (other seeds)", "retrain mean UA / RA / TA / MIA", "load (1 min)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)
