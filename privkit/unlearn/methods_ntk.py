@@ -415,14 +415,14 @@ class _NTKBase:
         state, where = self._run_folder_state(context, "ntk_replay", load_replay_state, "replay state")
         if state is None:
             return None, where
+        if state.params != kind:  # e.g. `--method ntk` (every parameter) on a run that kept a Fast-NTK state
+            return None, f"it covers the {state.params!r} parameters, not {kind!r}"
         shapes = [list(p.shape) for p in selected.values()]
         if (state.net.names != list(selected) or state.net.shapes != shapes
                 or not torch.equal(state.w0, flatten_parameters({n: context.w0[n] for n in selected},
                                                                 SOLVE_DTYPE))):
             raise ArtifactError(f"{where} was fitted for other parameters or another w0 than the model's; the "
                                 f"artifact was modified, re-create it with `privkit train --peft`")
-        if state.params != kind:
-            return None, f"it covers the {state.params!r} parameters"
         if len(state.nets) != self.replay_points:
             return None, f"it holds {len(state.nets)} linearisation points, not replay_points={self.replay_points}"
         if not torch.equal(state.trained, flatten_parameters(selected, SOLVE_DTYPE)):
@@ -583,7 +583,8 @@ class NTKUnlearner(_NTKBase):
         :data:`~privkit.unlearn.ntk.DEFAULT_GGN_RANK_TOL` (``1e-6``); ``0`` keeps every direction.
     step : {"auto", "newton", "linearised-ce", "replay"}
         ``auto`` (default): ``replay`` when the run folder keeps a replay state that answers the request
-        (``privkit train --peft ... --replay-state``), else ``newton``. ``newton``: the closed form, one Gauss-Newton step of the retraining objective. ``linearised-ce``:
+        (``privkit train --peft ... --replay-state``), else ``newton``. ``newton``: the closed form, one
+        Gauss-Newton step of the retraining objective. ``linearised-ce``:
         the exact minimisers :math:`\\delta_S` of the linearised network's cross-entropy
         :math:`\\Phi_S(\\delta) = \\sum_{i\\in S}\\mathrm{CE}(z_i + J_i\\delta, y_i) + \\tfrac{\\lambda_S}2
         \\lVert a+\\delta-w_0\\rVert^2` (Newton-CG, :mod:`privkit.unlearn.ntk_linearized`), update

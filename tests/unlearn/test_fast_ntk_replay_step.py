@@ -195,3 +195,12 @@ def test_default_step_is_replay_exactly_when_a_replay_state_answers(peft_run):
     assert runs["auto, other points"][1]["step"] == "newton"
     assert "replay_points=2" in runs["auto, other points"][1]["step_reason"]
     torch.testing.assert_close(runs["auto, other points"][0], runs["newton"][0])
+
+
+def test_full_parameter_ntk_ignores_a_fast_ntk_replay_state(peft_run):
+    # the state covers the BN + head parameters; `ntk` updates every parameter: not the same request,
+    # so the state is passed over (not mistaken for a tampered file)
+    req = prepare_request(peft_run / "peft", "digits", "random=0.05", size=SIZE)
+    method = get_unlearner("ntk", solver="dual")
+    method.check(req.start_model, req.context)
+    assert method._replay_state(dict(req.start_model.named_parameters()), "all", req.context)[0] is None
