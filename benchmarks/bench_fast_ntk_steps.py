@@ -103,7 +103,7 @@ def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, 
             gap0, gapm = avg_gap(m, refs[0]), avg_gap(m, mean)
             cells += [f"{t:.2f} ({path})", f"{t_retrain / t:.1f}x", _bold(gap0), _bold(gapm)]
             if step == "replay":
-                cells.append(f"{path_error:.3f}")
+                cells.append("–" if path_error is None else f"{path_error:.3f}")
         cells += [f"{min(noise):.2f}-{max(noise):.2f}" if noise else "–",
                   " / ".join(f"{mean[k]:.1f}" for k in GAP_KEYS), f"{os.getloadavg()[0]:.1f}"]
         print("| " + " | ".join(cells) + " |", flush=True)

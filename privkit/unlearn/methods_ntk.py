@@ -204,9 +204,11 @@ class _NTKBase:
             raise ConfigError("step='replay' replays the parameter-efficient fine-tuning from its pretrained values "
                               "w0; it needs a model trained with `privkit train --peft`, or use step='newton'")
         _check_replay_points(self.replay_points)
+        if self.kept_state not in KEPT_STATE_MODES:
+            raise ConfigError(f"kept_state={self.kept_state!r}; choose one of {', '.join(KEPT_STATE_MODES)}")
         kind = self._kind(model, context)
         selected = select_parameters(model, kind)
-        if self.step in ("replay", "auto") and context.w0 is not None:
+        if (self.step == "replay" or (self.step == "auto" and _numeric(self.scale))) and context.w0 is not None:
             # a kept replay state that is malformed or not of this model is refused before anything is written
             # (the request reads and checks it again, on its own clock)
             self._replay_state(selected, kind, context)
@@ -396,6 +398,8 @@ class _NTKBase:
         samples than the model's training data is an ArtifactError too.
         """
         meta = context.model_meta or {}
+        if self.kept_state not in KEPT_STATE_MODES:
+            raise ConfigError(f"kept_state={self.kept_state!r}; choose one of {', '.join(KEPT_STATE_MODES)}")
         if self.kept_state == "off":
             return None, "kept_state='off' was asked for"
         if context.model_dir is None or not meta.get(f"{key}_sha256"):
@@ -412,10 +416,18 @@ class _NTKBase:
         from privkit.unlearn.jacobian import flatten_parameters
         from privkit.unlearn.ntk_replay import SOLVE_DTYPE, load_replay_state
 
+        meta = context.model_meta or {}
+        # what meta.json says the state covers, before reading it: a state for other parameters (`--method ntk`
+        # on a run that kept a Fast-NTK state) or with another number of points is not read at all
+        if meta.get("ntk_replay_params") not in (None, kind):
+            return None, f"it covers the {meta['ntk_replay_params']!r} parameters, not {kind!r}"
+        if meta.get("ntk_replay_points") not in (None, self.replay_points):
+            return None, (f"it holds {meta['ntk_replay_points']} linearisation points, not "
+                          f"replay_points={self.replay_points}")
         state, where = self._run_folder_state(context, "ntk_replay", load_replay_state, "replay state")
         if state is None:
             return None, where
-        if state.params != kind:  # e.g. `--method ntk` (every parameter) on a run that kept a Fast-NTK state
+        if state.params != kind:
             return None, f"it covers the {state.params!r} parameters, not {kind!r}"
         shapes = [list(p.shape) for p in selected.values()]
         if (state.net.names != list(selected) or state.net.shapes != shapes

@@ -480,6 +480,8 @@ def _metadata(raw: bytes) -> dict:
 def _check_shapes(state: ReplayState, extra_keys: set[str]) -> None:
     """Everything a replay relies on, so a malformed state is refused here, not half-way through a request."""
     net = state.net
+    if any(not isinstance(d, int) or isinstance(d, bool) for shape in net.shapes for d in shape):
+        raise ValueError("parameter shapes are not whole numbers")
     names, sizes = net.names, [math.prod(s) for s in net.shapes]
     if len(set(names)) != len(names) or any(not isinstance(n, str) for n in names) or any(v < 1 for v in sizes):
         raise ValueError("parameter names or shapes")
@@ -491,7 +493,7 @@ def _check_shapes(state: ReplayState, extra_keys: set[str]) -> None:
     n, p = len(net.labels), sum(sizes)
     if net.labels.dtype != torch.int64 or net.labels.dim() != 1 or n == 0:
         raise ValueError("labels")
-    if state.ids.shape != (n,) or state.ids.dtype != torch.int64:
+    if state.ids.shape != (n,) or state.ids.dtype != torch.int64 or len(torch.unique(state.ids)) != n:
         raise ValueError("ids")
     if any(t.shape != (p,) or not t.is_floating_point() for t in (state.w0, state.trained, state.delta_full)):
         raise ValueError("w0, trained or delta_full")
@@ -506,7 +508,8 @@ def _check_shapes(state: ReplayState, extra_keys: set[str]) -> None:
             raise ValueError("head shapes")
     body_p = sum(size for name, size in zip(names, sizes) if name in net.body)
     for nt in state.nets:
-        if tuple(nt.logits.shape) != (n, n_classes) or nt.shift.shape != (p,) or not nt.logits.is_floating_point():
+        if (tuple(nt.logits.shape) != (n, n_classes) or nt.shift.shape != (p,) or not nt.logits.is_floating_point()
+                or not nt.shift.is_floating_point()):
             raise ValueError("logits or shift")
         if net.body and (nt.jac_body is None or tuple(nt.jac_body.shape) != (n, n_classes, body_p)
                          or not nt.jac_body.is_floating_point()):
@@ -525,7 +528,8 @@ def save_replay_state(folder, state: ReplayState, data_fingerprint: str) -> dict
 
     digest = write_checked_file(folder, REPLAY_STATE_FILE, state.save)
     return {"ntk_replay_file": REPLAY_STATE_FILE, "ntk_replay_sha256": digest,
-            "ntk_replay_fit_seconds": float(state.fit_seconds), "ntk_replay_data_fingerprint": data_fingerprint}
+            "ntk_replay_fit_seconds": float(state.fit_seconds), "ntk_replay_data_fingerprint": data_fingerprint,
+            "ntk_replay_params": state.params, "ntk_replay_points": len(state.nets)}
 
 
 def load_replay_state(folder, meta: Mapping[str, Any]) -> ReplayState | None:

@@ -465,12 +465,17 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
             # fast-ntk step="replay": the network linearised at points along w0 -> w* over the fine-tuning
             # samples, in their training order, and the recipe replayed over all of them (one-off cost)
             x_fine, attrs_fine = fine_set.materialize()
-            replay_state = ReplayState.fit(model, w0, x_fine, attrs_fine[:, ds.schema.index(target)],
-                                           fine_set.base_indices, ReplayRecipe.from_training(
-                                               TrainingRecipe.from_config(config)), peft,
-                                           **({} if replay_points is None else {"points": replay_points}))
-            state_meta.update(save_replay_state(run.path, replay_state, fine_set.fingerprint()))
-            report.set_metric("ntk_replay_fit_seconds", replay_state.fit_seconds)
+            try:
+                replay_state = ReplayState.fit(model, w0, x_fine, attrs_fine[:, ds.schema.index(target)],
+                                               fine_set.base_indices, ReplayRecipe.from_training(
+                                                   TrainingRecipe.from_config(config)), peft,
+                                               **({} if replay_points is None else {"points": replay_points}))
+            except ConfigError as exc:  # e.g. the recipe does not train the linearised network: keep the model
+                report.text(f"The replay state was not kept: {exc}. fast-ntk uses the Newton step on this model.",
+                            title="Kept replay state (one-off cost)")
+            else:
+                state_meta.update(save_replay_state(run.path, replay_state, fine_set.fingerprint()))
+                report.set_metric("ntk_replay_fit_seconds", replay_state.fit_seconds)
         meta = model_meta(model, ds.schema, target=target, config=config, metrics=report.to_dict(),
                           data_fingerprint=fine_set.fingerprint(),
                           extra={"split_fingerprint": ds.fingerprint(), "history": history, "peft": peft,

@@ -82,12 +82,14 @@ def test_replay_without_a_kept_state_runs_one_shot_and_agrees(peft_run):
     assert results["off"][1]["replay_path_error"] == pytest.approx(results["auto"][1]["replay_path_error"], rel=1e-3)
 
 
-def test_bad_replay_points_is_refused_under_every_step(peft_run):
+def test_bad_replay_points_and_kept_state_are_refused_under_every_step(peft_run):
     req = prepare_request(peft_run / "peft", "digits", "class=3", size=SIZE)
     for step in ("auto", "newton", "replay"):
         for points in (0, True, "3"):
             with pytest.raises(ConfigError, match="replay_points"):
                 get_unlearner("fast-ntk", step=step, replay_points=points).check(req.start_model, req.context)
+        with pytest.raises(ConfigError, match="kept_state='bogus'"):
+            get_unlearner("fast-ntk", step=step, kept_state="bogus").check(req.start_model, req.context)
 
 
 def test_malformed_state_with_a_matching_checksum_is_an_artifact_error(peft_run, tmp_path):
@@ -174,7 +176,7 @@ def test_documented_replay_example(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "runs" / "r" / "meta.json").read_text())
     assert meta["ntk_costs"]["path"] == "kept-state"
-    assert "replay" in (tmp_path / "runs" / "r" / "report.html").read_text()
+    assert "one-off: replay state over D" in (tmp_path / "runs" / "r" / "report.html").read_text()
     metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
     assert metrics["UA"] > 0.0  # the forgotten class is no longer recognised perfectly, as after retraining
 
@@ -203,4 +205,21 @@ def test_full_parameter_ntk_ignores_a_fast_ntk_replay_state(peft_run):
     req = prepare_request(peft_run / "peft", "digits", "random=0.05", size=SIZE)
     method = get_unlearner("ntk", solver="dual")
     method.check(req.start_model, req.context)
-    assert method._replay_state(dict(req.start_model.named_parameters()), "all", req.context)[0] is None
+    state, why = method._replay_state(dict(req.start_model.named_parameters()), "all", req.context)
+    assert state is None and "not 'all'" in why
+    assert req.context.model_meta["ntk_replay_params"] == "bn" and req.context.model_meta["ntk_replay_points"] == 3
+
+
+def test_a_replay_that_cannot_be_fitted_does_not_cost_the_trained_model(tmp_path, monkeypatch):
+    from privkit.unlearn import ntk_replay
+
+    def diverges(*args, **kwargs):
+        raise ConfigError("the replay diverged (a non-finite iterate)")
+
+    monkeypatch.setattr(ntk_replay.ReplayState, "fit", classmethod(lambda cls, *a, **k: diverges()))
+    result = invoke("train", "--data", "digits", "--size", SIZE, "--target", "digit", "--peft", "bn", "--epochs", 1,
+                    "--lr", "1e-2", "--replay-state", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert "ntk_replay_sha256" not in meta and meta["ntk_state_sha256"]  # the model and its NTK state are kept
+    assert "replay state was not kept" in (tmp_path / "run" / "report.html").read_text()
