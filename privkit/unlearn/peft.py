@@ -337,6 +337,26 @@ def replay_state_memory_problem(model: nn.Module, names: list[str], n_samples: i
     return None
 
 
+def linearised_state_memory_problem(model: nn.Module, names: list[str], n_samples: int, n_classes: int) -> str | None:
+    """Why the linearised state of ``fast-ntk step="linearised-ce"`` would not fit in memory, or ``None``.
+
+    The state keeps the per-sample Jacobian of every selected parameter (float32, ``n_samples x
+    n_classes x P``); fitting it also holds the Gauss-Newton-weighted rows and the Jacobian in the
+    kept subspace, about three times that in all.
+    """
+    from privkit.unlearn.ntk import _gib, available_memory_bytes
+
+    params = dict(model.named_parameters())
+    n_params = sum(params[n].numel() for n in names)
+    need = 3 * n_samples * n_classes * n_params * 4
+    available = available_memory_bytes()
+    if available is not None and need > 0.8 * available:
+        return (f"the linearised state would need about {_gib(need)} ({n_samples} samples x {n_classes} classes x "
+                f"{n_params} parameters, three copies while fitting) but {_gib(available)} are available; train "
+                f"without keep_linearised_state (fast-ntk then uses the Newton or replay step) or on fewer samples")
+    return None
+
+
 def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: str | None = None, peft: str = "bn",
                    epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                    data_seed: int = 0, size: int | None = None, resume: bool = False, overwrite: bool = False,
@@ -401,6 +421,12 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
 
         problem = replay_state_memory_problem(model, names, len(fine_idx), attribute.num_classes,
                                               replay_points or DEFAULT_REPLAY_POINTS)
+        if problem is not None:
+            raise ResourceError(problem)
+    if keep_ntk_state and keep_linearised_state and state_skipped is None:
+        from privkit.errors import ResourceError
+
+        problem = linearised_state_memory_problem(model, names, len(fine_idx), attribute.num_classes)
         if problem is not None:
             raise ResourceError(problem)
     config: dict[str, Any] = {

@@ -76,3 +76,32 @@ def test_kept_linearised_state_is_refused_for_other_training_data(peft_run):
     with pytest.raises(ArtifactError, match="other samples than the training data"):
         method.check(req.start_model, req.context)
         run_method(method, req)
+
+
+def test_a_linearised_state_that_would_not_fit_is_refused_before_training(tmp_path, monkeypatch):
+    import privkit.unlearn.ntk as ntk_module
+    from privkit.data import load_dataset
+    from privkit.errors import ResourceError
+    from privkit.models import create
+    from privkit.unlearn.peft import linearised_state_memory_problem, peft_parameter_names, train_peft_run
+
+    ds = load_dataset("digits", size=SIZE)
+    model = create("cnn", ds.schema, 10)
+    names = peft_parameter_names(model, "bn")
+    n_params = sum(p.numel() for n, p in model.named_parameters() if n in names)
+    need = 3 * 1000 * 10 * n_params * 4  # every selected parameter's Jacobian, not only the body's
+    monkeypatch.setattr(ntk_module, "available_memory_bytes", lambda: int(need / 0.8) + 1)
+    assert linearised_state_memory_problem(model, names, 1000, 10) is None
+    monkeypatch.setattr(ntk_module, "available_memory_bytes", lambda: int(need / 0.8) - 1)
+    message = linearised_state_memory_problem(model, names, 1000, 10)
+    assert f"x {n_params} parameters" in message and "without keep_linearised_state" in message
+    # through training: refused before the run folder exists (the NTK state taken to fit, so the
+    # linearised state's own check is what refuses)
+    import privkit.unlearn.peft as peft_module
+
+    monkeypatch.setattr(peft_module, "_ntk_state_memory_problem", lambda *args: None)
+    monkeypatch.setattr(ntk_module, "available_memory_bytes", lambda: 2 ** 20)
+    with pytest.raises(ResourceError, match="linearised state would need"):
+        train_peft_run(ds, "digits", "digit", tmp_path / "run", peft="bn", epochs=1, lr=1e-2, size=SIZE,
+                       progress=False, keep_linearised_state=True)
+    assert not (tmp_path / "run").exists()
