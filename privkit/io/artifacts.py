@@ -70,6 +70,23 @@ def verify_safetensors_file(path: str | Path) -> None:
         raise ArtifactError(f"{path} is not a safetensors file (unreadable header); re-create the artifact") from None
 
 
+def safetensors_header(raw: bytes) -> dict:
+    """The parsed JSON header of a safetensors file's bytes (``ValueError`` when it is malformed).
+
+    One parser for every state file read from bytes already in memory (and checksummed): the
+    8-byte little-endian header length, then the JSON header (``__metadata__`` included).
+    """
+    if len(raw) < 8:
+        raise ValueError("too short for a safetensors file")
+    length = int.from_bytes(raw[:8], "little")
+    if not 1 < length <= _MAX_HEADER or 8 + length > len(raw):
+        raise ValueError("bad header length")
+    header = json.loads(raw[8:8 + length].decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

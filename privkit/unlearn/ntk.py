@@ -1784,6 +1784,8 @@ class NTKState:
         from safetensors import SafetensorError
         from safetensors.torch import load as load_bytes
 
+        from privkit.io.artifacts import safetensors_header
+
         path = Path(path)
         if raw is None:
             header = read_safetensors_header(path)
@@ -1795,8 +1797,7 @@ class NTKState:
                 return cls.open(path, header)
             raw = path.read_bytes()
         try:
-            # safetensors layout: 8-byte little-endian header length, JSON header, data
-            header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")].decode("utf-8"))
+            header = safetensors_header(raw)
             raw_meta = (header.get("__metadata__") or {}).get(cls._METADATA_KEY)
             tensors = load_bytes(raw)
         except (SafetensorError, OSError, ValueError, AttributeError) as exc:

@@ -606,11 +606,11 @@ class LinearisedState:
         from safetensors.torch import load as load_bytes
 
         from privkit.errors import ArtifactError
+        from privkit.io.artifacts import safetensors_header
 
         try:
             raw = open(path, "rb").read() if raw is None else raw
-            # safetensors layout: 8-byte little-endian header length, JSON header (with __metadata__), data
-            header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")].decode("utf-8"))
+            header = safetensors_header(raw)
             text = (header.get("__metadata__") or {}).get(cls._METADATA_KEY)
             meta = json.loads(text) if text else None
             tensors = load_bytes(raw)

@@ -472,8 +472,9 @@ class ReplayState:
 
 def _metadata(raw: bytes) -> dict:
     """The ``__metadata__`` of a safetensors byte string."""
-    length = int.from_bytes(raw[:8], "little")
-    return dict(json.loads(raw[8:8 + length]).get("__metadata__") or {})
+    from privkit.io.artifacts import safetensors_header
+
+    return dict(safetensors_header(raw).get("__metadata__") or {})
 
 
 def _check_shapes(state: ReplayState, extra_keys: set[str]) -> None:
