@@ -1618,9 +1618,11 @@ class NTKState:
             return _rotate_rows(rows, self.eigvecs_, self.param_shapes_, source_dtype)[kept]
 
         # E = UQ up front unless Q stays in cache: then CG applies Q and Q^T around the rows per
-        # iteration, cheaper than forming E for the few iterations it takes (P = 970: 17 iterations)
+        # iteration, cheaper than forming E for the few iterations it takes (P = 970: 17 iterations).
+        # An explicit Cholesky solve never uses E: a commit forms it afterwards, outside the request
         n_params = flat.shape[1]
-        rotated = rotate() if 8 * n_params * n_params > self.CG_CACHE_BYTES else None
+        rotated = (rotate() if method != "cholesky" and 8 * n_params * n_params > self.CG_CACHE_BYTES
+                   else None)
         t_rotated = time.perf_counter()
         delta, delta_retain, solve_info = self._downdate(gram_rows, jtr_f, forget_x.shape[0],
                                                          method, commit, rotated=rotated, rotate=rotate)

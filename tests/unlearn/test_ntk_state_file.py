@@ -228,3 +228,19 @@ def test_a_state_naming_the_format_with_malformed_metadata_is_an_artifact_error(
     save_file({k: torch.zeros(2) for k in names}, str(tmp_path / "s.safetensors"), metadata=metadata)
     with pytest.raises(ArtifactError, match="malformed metadata"):
         NTKState.load(tmp_path / "s.safetensors")
+
+
+@pytest.mark.parametrize("commit", [False, True])
+def test_an_explicit_cholesky_request_does_not_form_the_rotated_rows_it_never_uses(monkeypatch, commit):
+    import privkit.unlearn.ntk as ntk_module
+
+    state, model, x, y = _state(F64)
+    monkeypatch.setattr(NTKState, "CG_CACHE_BYTES", 0)  # a P for which E = UQ is formed up front
+    calls = []
+    real = ntk_module._rotate_rows
+    monkeypatch.setattr(ntk_module, "_rotate_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    state.forget(model, x[:3], y[:3], method="auto", commit=False, rank_tol=0.0)
+    assert calls  # the default forms it before the solve
+    calls.clear()
+    state.forget(model, x[:3], y[:3], method="cholesky", commit=commit, rank_tol=0.0)
+    assert len(calls) == (1 if commit else 0)  # only a commit needs E (for the eigenbasis rows it keeps)
