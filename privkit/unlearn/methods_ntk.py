@@ -336,10 +336,10 @@ class _NTKBase:
         weighting = self._weighting_mode(context)
         wd = self._weight_decay(context)
         t = context.target_index(retain)
-        forget_x, forget_y = _x_y(forget, t)
         if self.step not in STEP_MODES:
             raise ConfigError(f"step={self.step!r}; choose one of {', '.join(STEP_MODES)}")
         if self.step == "linearised-ce":
+            forget_x, forget_y = _x_y(forget, t)
             return self._unlearn_linearised(model, selected, kind, w0, linearise_at, point, weighting, wd, retain,
                                             forget, t, forget_x, forget_y, context, t_start)
         if self.step == "replay":
@@ -353,6 +353,7 @@ class _NTKBase:
                 return self._unlearn_replay(model, selected, kind, retain, forget, t, context, t_start,
                                             kept=(replay_state, step_reason))
             step_reason = f"step='auto' without a replay state: {step_reason}"
+        forget_x, forget_y = _x_y(forget, t)  # the Newton step's forget Jacobians (a replay needs none)
         state, why = self._kept_state(selected, kind, context)
         if state is not None:
             # only the forget set's Jacobians and a downdate; the state is moved to D_r afterwards, off the

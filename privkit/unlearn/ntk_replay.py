@@ -224,8 +224,11 @@ def linearise_for_replay(model: nn.Module, w0: Mapping[str, Tensor], point: Mapp
 
 
 def replay_recipe(nets: LinearisedNet | Sequence[LinearisedNet], recipe: ReplayRecipe, path: Tensor | None = None,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
-    r""":math:`\delta_S`: the recipe run on the linearised network over all of ``nets``' samples, from :math:`w_0`.
+                  dtype: torch.dtype = torch.float32, rows: Tensor | None = None) -> Tensor:
+    r""":math:`\delta_S`: the recipe run on the linearised network over ``nets``' samples, from :math:`w_0`.
+
+    ``rows``: the positions of :math:`S` among the samples (in their order); default all of them. The
+    same as replaying over ``net.subset(rows)``, without copying the stored Jacobians.
 
     The batches are :func:`privkit.train.epoch_batches` of ``(len(net), batch_size, seed, epoch)``,
     the loss the mean cross-entropy of the batch plus :math:`\tfrac\lambda2\lVert\delta\rVert^2`, as
@@ -250,7 +253,7 @@ def replay_recipe(nets: LinearisedNet | Sequence[LinearisedNet], recipe: ReplayR
     if len(nets) > 1 and path is None:
         raise ConfigError("a replay over several linearisation points needs the path w* - w0")
     net = nets[0]
-    n = len(net.labels)
+    n = len(net.labels) if rows is None else len(rows)
     if n == 0:
         raise ConfigError("a replay needs at least one sample")
     sizes = net._sizes()
@@ -273,7 +276,8 @@ def replay_recipe(nets: LinearisedNet | Sequence[LinearisedNet], recipe: ReplayR
         if not (math.isfinite(path_sq) and path_sq > 0):  # fine-tuning did not move: every point is the same
             pieces, n_pieces = pieces[:1], 1
     n_classes = net.logits.shape[1]
-    labels = net.labels
+    # softmax minus the one-hot label, per sample: the one-hot rows are gathered with the batch
+    onehot = torch.nn.functional.one_hot(net.labels, n_classes).to(dtype)
     delta = torch.zeros(total, dtype=dtype)
     grad = torch.zeros(total, dtype=dtype)
     m_avg, v_avg = torch.zeros(total, dtype=dtype), torch.zeros(total, dtype=dtype)
@@ -282,8 +286,11 @@ def replay_recipe(nets: LinearisedNet | Sequence[LinearisedNet], recipe: ReplayR
     single = DistInfo()
     batches = [torch.as_tensor(batch, dtype=torch.long) for epoch in range(recipe.epochs)
                for batch in epoch_batches(n, recipe.batch_size, recipe.seed, epoch, single)]
-    moved = torch.empty_like(delta)
-    for rows in batches:
+    if rows is not None:  # batch positions within S -> positions among the stored samples
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        batches = [rows.index_select(0, batch) for batch in batches]
+    moved, denom = torch.empty_like(delta), torch.empty_like(delta)
+    for batch in batches:
         if n_pieces == 1:
             piece = 0
         else:
@@ -294,17 +301,15 @@ def replay_recipe(nets: LinearisedNet | Sequence[LinearisedNet], recipe: ReplayR
             piece = min(n_pieces - 1, max(0, int(position * n_pieces)))
         shift, logits, jac, feats = pieces[piece]
         torch.sub(delta, shift, out=moved)
-        z = logits.index_select(0, rows)
+        z = logits.index_select(0, batch)
         if jac is not None:
-            jac_b = jac.index_select(0, rows).view(len(rows) * n_classes, -1)
-            z += (jac_b @ moved[body_index]).view(len(rows), n_classes)
+            jac_b = jac.index_select(0, batch).view(len(batch) * n_classes, -1)
+            z += (jac_b @ moved[body_index]).view(len(batch), n_classes)
         if net.head is not None:
             w, b = net.head
-            feats_b = feats.index_select(0, rows)
+            feats_b = feats.index_select(0, batch)
             z += torch.addmm(moved[offsets[b]], feats_b, moved[offsets[w]].view(n_classes, -1).T)
-        g = torch.softmax(z, dim=1)
-        g[torch.arange(len(rows)), labels.index_select(0, rows)] -= 1.0
-        g /= len(rows)
+        g = torch.softmax(z, dim=1).sub_(onehot.index_select(0, batch)).div_(len(batch))
         torch.mul(delta, recipe.anchor_penalty, out=grad)
         if jac is not None:
             grad[body_index] += g.view(1, -1).mm(jac_b).view(-1)
@@ -315,7 +320,7 @@ def replay_recipe(nets: LinearisedNet | Sequence[LinearisedNet], recipe: ReplayR
         if recipe.optimizer == "adam":
             m_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
             v_avg.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v_avg.sqrt() / math.sqrt(1 - beta2 ** step)).add_(eps)
+            torch.sqrt(v_avg, out=denom).div_(math.sqrt(1 - beta2 ** step)).add_(eps)
             delta.addcdiv_(m_avg, denom, value=-recipe.lr / (1 - beta1 ** step))
         else:  # torch.optim.SGD with momentum (dampening 0): the buffer starts as the first gradient
             m_avg = grad.clone() if step == 1 else m_avg.mul_(recipe.momentum).add_(grad)
@@ -338,7 +343,7 @@ def replay_forget_delta(nets: LinearisedNet | Sequence[LinearisedNet], retain_ro
     if delta_full is None:
         delta_full = replay_recipe(nets, recipe, path)
     t1 = time.perf_counter()
-    delta_retain = replay_recipe([nt.subset(retain_rows) for nt in nets], recipe, path)
+    delta_retain = replay_recipe(nets, recipe, path, rows=retain_rows)
     t2 = time.perf_counter()
     net = nets[0]
     info = {"delta_full": "replayed" if kept is None else "kept", "linearisation_points": len(nets)}

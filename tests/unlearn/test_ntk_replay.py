@@ -205,3 +205,16 @@ def test_a_diverging_replay_is_a_config_error():
     net = _random_net()
     with pytest.raises(ConfigError, match="diverged"):
         replay_recipe(net, ReplayRecipe(epochs=50, batch_size=8, lr=1e10, optimizer="sgd", anchor_penalty=0.5, seed=0))
+
+
+def test_replay_over_rows_equals_the_replay_over_their_subset():
+    """A request replays over its retain rows in place (no copy of the stored Jacobians): the same bits."""
+    nets = [_random_net(seed=0, n=60), _random_net(seed=1, n=60)]
+    for second in nets[1:]:
+        second.labels = nets[0].labels
+    rows = torch.tensor([i for i in range(60) if i % 7 not in (2, 5)])
+    path = torch.randn(len(nets[0].shift), dtype=torch.float64)
+    for optimizer in ("adam", "sgd"):
+        recipe = ReplayRecipe(epochs=3, batch_size=8, lr=0.05, optimizer=optimizer, anchor_penalty=0.1, seed=3)
+        assert torch.equal(replay_recipe(nets, recipe, path, rows=rows),
+                           replay_recipe([nt.subset(rows) for nt in nets], recipe, path))
