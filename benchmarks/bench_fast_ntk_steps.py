@@ -11,8 +11,9 @@ replay state and (``--linearised``) the linearised state. Then, per request:
   reference); the spread between these retrainings is what any method's gap is measured against;
 * ``newton`` -- the default Fast-NTK request (one Gauss-Newton step, from the kept NTK state);
 * ``linearised-ce`` (``--linearised``) -- the exact minimiser of the linearised cross-entropy;
-* ``replay`` -- the recipe replayed on the network linearised piecewise along w0 -> w*
-  (``--replay-points`` K points; K = 1 is the midpoint).
+* ``replay`` -- the recipe replayed on the network linearised piecewise along the fine-tuning
+  (``--replay-points`` K points: the fine-tuning's own iterates; ``--replay-model`` auto / logits /
+  bilinear; ``--replay-form`` direct, w0 + delta_Dr, or difference, w* + delta_Dr - delta_D).
 
 Each step and one retraining are timed ``--repeats`` times in turn (medians); a step's clock covers
 everything its request reads (the replay state is read and checksummed on the clock). Avg. Gap
@@ -51,7 +52,7 @@ def fmt(v) -> str:
 
 
 def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, repeats: int,
-                 only: list[str] | None, replay_points: int) -> None:
+                 only: list[str] | None, replay_points: int, replay_model: str, replay_form: str) -> None:
     import numpy as np
 
     from privkit.data import load_dataset
@@ -66,9 +67,10 @@ def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, 
     ds = load_dataset(data, **sc["data_options"])
     run = root / f"peft-{key}"
     train_peft_run(ds, data, target, run, peft="bn", epochs=10, lr=1e-2, weight_decay=5e-4, seed=0, progress=False,
-                   keep_linearised_state="linearised-ce" in steps, keep_replay_state=True, replay_points=replay_points)
+                   keep_linearised_state="linearised-ce" in steps, keep_replay_state=True, replay_points=replay_points,
+                   replay_model=replay_model)
     options = {"newton": {"step": "newton"}, "linearised-ce": {"step": "linearised-ce"},
-               "replay": {"step": "replay", "replay_points": replay_points}}
+               "replay": {"step": "replay", "replay_points": replay_points, "replay_form": replay_form}}
     for forget, role in REQUESTS[key].items():
         if only and forget not in only:
             continue
@@ -92,18 +94,20 @@ def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, 
                 method.check(req.start_model, req.context)  # the pre-flight check of `privkit unlearn`, off the clock
                 model, seconds, info = run_method(method, req)
                 step_times[step].append(seconds)
-                models[step] = (model, info["ntk"]["path"], info["ntk"].get("replay_path_error"))
+                models[step] = (model, info["ntk"]["path"], info["ntk"].get("replay_path_error"),
+                                f"{info['ntk'].get('replay_model')}, {info['ntk'].get('replay_schedule')}")
         t_retrain = statistics.median(retrain_times)
         noise = [avg_gap(r, refs[0]) for r in refs[1:]]
         cells = [key, forget, role, str(len(req.forget)), fmt(t_retrain)]
         for step in steps:
-            model, path, path_error = models[step]
+            model, path, path_error, how = models[step]
             m = unlearning_metrics(model, req.retain, req.forget, req.test, target, 0.0, seed=0)
             t = statistics.median(step_times[step])
             gap0, gapm = avg_gap(m, refs[0]), avg_gap(m, mean)
             cells += [f"{t:.2f} ({path})", f"{t_retrain / t:.1f}x", _bold(gap0), _bold(gapm)]
             if step == "replay":
                 cells.append("–" if path_error is None else f"{path_error:.3f}")
+                cells.append(how)
         cells += [f"{min(noise):.2f}-{max(noise):.2f}" if noise else "–",
                   " / ".join(f"{mean[k]:.1f}" for k in GAP_KEYS), f"{os.getloadavg()[0]:.1f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
@@ -122,6 +126,8 @@ def main() -> None:
     p.add_argument("--requests", default=None, help="comma-separated subset of the requests to run")
     p.add_argument("--replay-points", type=int, default=None,
                    help="linearisation points of the replay state (default: the package default, 3)")
+    p.add_argument("--replay-model", default="auto", help="replay state's model: auto, logits or bilinear")
+    p.add_argument("--replay-form", default="direct", help="replay update: direct or difference")
     p.add_argument("--orl", type=Path, default=DEFAULT_ORL)
     args = p.parse_args()
     steps = args.steps.split(",")
@@ -137,11 +143,12 @@ def main() -> None:
         p.error("--replay-points must be at least 1")
     header = ["data", "forget", "role", "n_forget", "retrain s"]
     for step in steps:
-        name = f"replay (K={points})" if step == "replay" else step
+        name = f"replay (K={points}, {args.replay_form})" if step == "replay" else step
         header += [f"{name} s (path)", f"{name} speed-up", f"{name} gap vs retrain seed 0",
                    f"{name} gap vs mean of {args.retrain_seeds} retrains"]
         if step == "replay":
             header.append("replay path error (norm of w0 + delta_D - w* over norm of w* - w0)")
+            header.append("replay model, points")
     header += ["retrain vs retrain seed 0 (other seeds)", "retrain mean UA / RA / TA / MIA", "load (1 min)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)
@@ -151,7 +158,8 @@ def main() -> None:
                 print(f"skipping orl: {args.orl} not found")
                 continue
             run_scenario(key, args.orl, Path(tmp), steps, args.retrain_seeds, args.repeats,
-                         args.requests.split(",") if args.requests else None, points)
+                         args.requests.split(",") if args.requests else None, points, args.replay_model,
+                         args.replay_form)
 
 
 if __name__ == "__main__":

@@ -108,9 +108,15 @@ def fast_ntk_kind(model: nn.Module, recipe_peft: str | None = None) -> str:
                       f"use --method ntk or train a model with BatchNorm (cnn) or prompts (vit-tiny)")
 
 
-def _check_replay_points(points) -> None:
+def _check_replay_points(points, form: str = "direct", replay_model: str = "auto") -> None:
+    from privkit.unlearn.ntk_replay import REPLAY_FORMS, REPLAY_MODELS
+
     if isinstance(points, bool) or not isinstance(points, int) or points < 1:
         raise ConfigError(f"replay_points must be a whole number >= 1, got {points!r}; 3 is the default")
+    if form not in REPLAY_FORMS:
+        raise ConfigError(f"replay_form={form!r}; choose one of {', '.join(REPLAY_FORMS)}")
+    if replay_model not in REPLAY_MODELS:
+        raise ConfigError(f"replay_model={replay_model!r}; choose one of {', '.join(REPLAY_MODELS)}")
 
 
 def _numeric(value) -> bool:
@@ -165,12 +171,15 @@ class _NTKBase:
     def __init__(self, scale: float | str = 1.0, weight_decay: float | None = None, solver: str = "auto",
                  chunk_size: int = DEFAULT_NTK_CHUNK_SIZE, loss: str = NTK_STATE_LOSS, linearise: str = "auto",
                  kept_state: str = "auto", weighting: str = "auto", ggn_rank_tol: float | None = None,
-                 step: str = "auto", replay_points: int | None = None):
+                 step: str = "auto", replay_points: int | None = None, replay_form: str = "direct",
+                 replay_model: str = "auto"):
         from privkit.unlearn.ntk import DEFAULT_GGN_RANK_TOL
         from privkit.unlearn.ntk_replay import DEFAULT_REPLAY_POINTS
 
         self.step = step
         self.replay_points = DEFAULT_REPLAY_POINTS if replay_points is None else replay_points
+        self.replay_form = replay_form
+        self.replay_model = replay_model
         self.scale = scale
         self.ggn_rank_tol = DEFAULT_GGN_RANK_TOL if ggn_rank_tol is None else ggn_rank_tol
         self.linearise = linearise
@@ -203,7 +212,7 @@ class _NTKBase:
         if self.step == "replay" and context.w0 is None:
             raise ConfigError("step='replay' replays the parameter-efficient fine-tuning from its pretrained values "
                               "w0; it needs a model trained with `privkit train --peft`, or use step='newton'")
-        _check_replay_points(self.replay_points)
+        _check_replay_points(self.replay_points, self.replay_form, self.replay_model)
         if self.kept_state not in KEPT_STATE_MODES:
             raise ConfigError(f"kept_state={self.kept_state!r}; choose one of {', '.join(KEPT_STATE_MODES)}")
         kind = self._kind(model, context)
@@ -425,6 +434,9 @@ class _NTKBase:
         if meta.get("ntk_replay_points") not in (None, self.replay_points):
             return None, (f"it holds {meta['ntk_replay_points']} linearisation points, not "
                           f"replay_points={self.replay_points}")
+        if self.replay_model != "auto" and meta.get("ntk_replay_model", "logits") != self.replay_model:
+            return None, (f"it linearises the {meta.get('ntk_replay_model', 'logits')} model, not "
+                          f"replay_model={self.replay_model!r}")
         state, where = self._run_folder_state(context, "ntk_replay", load_replay_state, "replay state")
         if state is None:
             return None, where
@@ -438,34 +450,39 @@ class _NTKBase:
                                 f"artifact was modified, re-create it with `privkit train --peft`")
         if len(state.nets) != self.replay_points:
             return None, f"it holds {len(state.nets)} linearisation points, not replay_points={self.replay_points}"
+        if self.replay_model != "auto" and state.model != self.replay_model:
+            return None, f"it linearises the {state.model} model, not replay_model={self.replay_model!r}"
         if not torch.equal(state.trained, flatten_parameters(selected, SOLVE_DTYPE)):
             return None, "the model's weights differ from those the state was fitted at (an earlier request changed them)"
         return state, f"{where} covers the model's training samples with the same recipe"
 
     def _unlearn_replay(self, model, selected, kind, retain, forget, t, context: UnlearnContext,
                         t_start: float, kept: tuple | None = None) -> nn.Module:
-        """``step="replay"``: :math:`w^* + s(\\delta_{D_r} - \\delta_D)` with the recipe replayed on the network
-        linearised piecewise along :math:`w_0 \\to w^*` (:mod:`privkit.unlearn.ntk_replay`).
+        """``step="replay"``: the recipe replayed on the network linearised piecewise along the fine-tuning,
+        update :math:`w_0 + \\delta_{D_r}` (``replay_form="direct"``) or :math:`w^* + s(\\delta_{D_r} -
+        \\delta_D)` (``"difference"``) (:mod:`privkit.unlearn.ntk_replay`).
 
         From the run folder's kept :class:`~privkit.unlearn.ntk_replay.ReplayState` when it matches (no
-        network pass), else one-shot: the Jacobians over :math:`D_r` and :math:`D_f`, with :math:`D` put
-        back in the training order (ascending dataset index) for the replays.
+        network pass), else one-shot: the fine-tuning re-run for its iterates, the Jacobians over
+        :math:`D_r` and :math:`D_f`, with :math:`D` put back in the training order (ascending dataset
+        index) for the replays.
         """
         from privkit.unlearn.jacobian import flatten_parameters, unflatten_parameters
         from privkit.unlearn.ntk import _apply_delta
         from privkit.unlearn.ntk_replay import (SOLVE_DTYPE, ReplayRecipe, linearise_for_replay, path_points,
-                                                replay_forget_delta)
+                                                replay_forget_delta, trajectory_points)
 
         if not _numeric(self.scale):
             raise ConfigError(f"step='replay' takes a numeric scale, got {self.scale!r}")
         if context.w0 is None:
             raise ConfigError("step='replay' needs a model trained with `privkit train --peft` (its w0); "
                               "use step='newton'")
+        _check_replay_points(self.replay_points, self.replay_form, self.replay_model)
         recipe = ReplayRecipe.from_training(context.recipe, seed=context.seed)
-        points = path_points({n: context.w0[n] for n in selected}, selected, self.replay_points)  # checks the option
+        points = path_points({n: context.w0[n] for n in selected}, selected, self.replay_points)
         state, why = kept if kept is not None else self._replay_state(selected, kind, context)
         if state is not None:
-            delta_flat, info = state.forget(forget.base_indices, recipe)
+            delta_flat, info = state.forget(forget.base_indices, recipe, self.replay_form)
             one_off = float((context.model_meta or {}).get("ntk_replay_fit_seconds", 0.0))
         else:
             w0 = {n: context.w0[n] for n in selected}
@@ -477,15 +494,24 @@ class _NTKBase:
             order = torch.argsort(ids)
             x, y = torch.cat([retain_x, forget_x])[order], torch.cat([retain_y, forget_y])[order]
             retain_rows = torch.nonzero(order < len(retain_y)).reshape(-1)
-            nets = [linearise_for_replay(model, w0, point, x, y, self.chunk_size) for point in points]
+            # the training's own iterates (its recipe and seed), else the straight path's points
+            trajectory, error = trajectory_points(model, w0, x, y, ReplayRecipe.from_training(context.recipe),
+                                                  self.replay_points)
+            schedule = "steps" if trajectory is not None else "path"
+            nets = [linearise_for_replay(model, w0, point, x, y, self.chunk_size, self.replay_model)
+                    for point in (trajectory if trajectory is not None else points)]
             path = flatten_parameters(selected, SOLVE_DTYPE) - flatten_parameters(w0, SOLVE_DTYPE)
-            delta_flat, info = replay_forget_delta(nets, retain_rows, recipe, path=path)
+            delta_flat, info = replay_forget_delta(nets, retain_rows, recipe, path=path, schedule=schedule,
+                                                   form=self.replay_form)
+            info["trajectory_rerun_error"] = error
             one_off = 0.0
         delta = unflatten_parameters(delta_flat, selected)
         updated = copy_model(model)
         _apply_delta(updated, list(selected), {n: float(self.scale) * d for n, d in delta.items()})
         info = dict(info, step="replay",
-                    linearisation_point=f"{len(points)} points on the path w0 -> trained weights",
+                    linearisation_point=(f"{len(points)} iterates of the fine-tuning"
+                                         if info["replay_schedule"] == "steps"
+                                         else f"{len(points)} points on the path w0 -> trained weights"),
                     step_reason="step='auto' found a replay state" if kept is not None else "step='replay' was asked for",
                     recipe=recipe.to_dict(), path="kept-state" if state is not None else "one-shot", path_reason=why,
                     one_off_seconds=one_off, per_request_seconds=time.perf_counter() - t_start)

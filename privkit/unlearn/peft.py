@@ -316,23 +316,31 @@ def _ntk_state_memory_problem(model: nn.Module, names: list[str], n_samples: int
 
 
 def replay_state_memory_problem(model: nn.Module, names: list[str], n_samples: int, n_classes: int,
-                                points: int) -> str | None:
+                                points: int, replay_model: str = "auto") -> str | None:
     """Why the replay state would not fit in memory, or ``None`` if it fits.
 
     The state holds, per linearisation point, the Jacobian of the selected parameters other than the
-    classifier head (float32, ``n_samples x n_classes x P_body``); fitting it holds about twice that.
+    classifier head (float32, ``n_samples x rows x P_body``, rows = the classes, or the head's inputs
+    for the bilinear model); fitting it holds about twice that.
     """
     from privkit.unlearn.jacobian import _classifier_head
     from privkit.unlearn.ntk import _gib, available_memory_bytes
+    from privkit.unlearn.ntk_replay import choose_replay_model
 
     params = dict(model.named_parameters())
     head = [n for n in _classifier_head(model) if n in names]
-    body = sum(params[n].numel() for n in names if len(head) != 2 or n not in head)
-    need = 2 * points * n_samples * n_classes * body * 4
+    factored = len(head) == 2
+    body = sum(params[n].numel() for n in names if not factored or n not in head)
+    rows = n_classes
+    if factored and body:
+        head_in = next(params[n].shape[1] for n in head if params[n].dim() == 2)
+        chosen = choose_replay_model(True, n_classes, head_in) if replay_model == "auto" else replay_model
+        rows = head_in if chosen == "bilinear" else n_classes
+    need = 2 * points * n_samples * rows * body * 4
     available = available_memory_bytes()
     if available is not None and need > 0.8 * available:
-        return (f"the replay state would need about {_gib(need)} ({points} points x {n_samples} samples x {n_classes} "
-                f"classes x {body} parameters) but {_gib(available)} are available; train without --replay-state "
+        return (f"the replay state would need about {_gib(need)} ({points} points x {n_samples} samples x {rows} "
+                f"rows x {body} parameters) but {_gib(available)} are available; train without --replay-state "
                 f"(fast-ntk then uses the Newton step) or on fewer samples")
     return None
 
@@ -362,7 +370,8 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
                    data_seed: int = 0, size: int | None = None, resume: bool = False, overwrite: bool = False,
                    progress: bool = True, pretrain_epochs: int | None = None, model_kwargs: dict | None = None,
                    keep_ntk_state: bool = True, keep_linearised_state: bool = False,
-                   keep_replay_state: bool = False, replay_points: int | None = None) -> Path:
+                   keep_replay_state: bool = False, replay_points: int | None = None,
+                   replay_model: str = "auto") -> Path:
     """Pretrain on one half of the training split, fine-tune the PEFT parameters on the other half.
 
     Writes a classifier artifact (``load_model`` works on it) plus ``w0.safetensors``; ``meta.json``
@@ -419,8 +428,12 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
         from privkit.errors import ResourceError
         from privkit.unlearn.ntk_replay import DEFAULT_REPLAY_POINTS
 
+        from privkit.unlearn.ntk_replay import REPLAY_MODELS
+
+        if replay_model not in REPLAY_MODELS:
+            raise ConfigError(f"replay_model={replay_model!r}; choose one of {', '.join(REPLAY_MODELS)}")
         problem = replay_state_memory_problem(model, names, len(fine_idx), attribute.num_classes,
-                                              replay_points or DEFAULT_REPLAY_POINTS)
+                                              replay_points or DEFAULT_REPLAY_POINTS, replay_model)
         if problem is not None:
             raise ResourceError(problem)
     if keep_ntk_state and keep_linearised_state and state_skipped is None:
@@ -495,6 +508,7 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
                 replay_state = ReplayState.fit(model, w0, x_fine, attrs_fine[:, ds.schema.index(target)],
                                                fine_set.base_indices, ReplayRecipe.from_training(
                                                    TrainingRecipe.from_config(config)), peft,
+                                               replay_model=replay_model,
                                                **({} if replay_points is None else {"points": replay_points}))
             except ConfigError as exc:  # e.g. the recipe does not train the linearised network: keep the model
                 report.text(f"The replay state was not kept: {exc}. fast-ntk uses the Newton step on this model.",

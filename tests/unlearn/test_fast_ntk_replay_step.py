@@ -8,6 +8,7 @@ stored linearised network exactly, and move the model by what the state says.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -90,6 +91,34 @@ def test_bad_replay_points_and_kept_state_are_refused_under_every_step(peft_run)
                 get_unlearner("fast-ntk", step=step, replay_points=points).check(req.start_model, req.context)
         with pytest.raises(ConfigError, match="kept_state='bogus'"):
             get_unlearner("fast-ntk", step=step, kept_state="bogus").check(req.start_model, req.context)
+        with pytest.raises(ConfigError, match="replay_form='both'"):
+            get_unlearner("fast-ntk", step=step, replay_form="both").check(req.start_model, req.context)
+        with pytest.raises(ConfigError, match="replay_model='exact'"):
+            get_unlearner("fast-ntk", step=step, replay_model="exact").check(req.start_model, req.context)
+
+
+def test_the_kept_state_holds_the_training_iterates_and_the_request_says_what_it_used(peft_run):
+    """`privkit train --peft --replay-state` linearises at the fine-tuning's own iterates (re-run, checked);
+    digits' head has 64 inputs for 10 classes, so ``auto`` keeps the logits model; the default update
+    is the direct one, w0 + delta_Dr, and a kept state of the other model does not answer an explicit one."""
+    meta = json.loads((peft_run / "peft" / "meta.json").read_text())
+    assert meta["ntk_replay_schedule"] == "steps" and meta["ntk_replay_model"] == "logits"
+    req = prepare_request(peft_run / "peft", "digits", "class=3", size=SIZE)
+    method = get_unlearner("fast-ntk", step="replay")
+    method.check(req.start_model, req.context)
+    model, _, info = run_method(method, req)
+    ntk = info["ntk"]
+    assert ntk["path"] == "kept-state" and ntk["replay_form"] == "direct" and ntk["replay_schedule"] == "steps"
+    assert ntk["trajectory_rerun_error"] < 1e-6 and ntk["linearisation_point"] == "3 iterates of the fine-tuning"
+    other_model, _, other = run_method(get_unlearner("fast-ntk", step="replay", replay_form="difference"), req)
+    assert other["ntk"]["replay_form"] == "difference"
+    # the two forms differ by the replay's path error, w0 + delta_D - w*
+    gap = float((_flat(model.parameters()) - _flat(other_model.parameters())).norm())
+    assert gap > 0 and math.isclose(gap, ntk["replay_path_error"] * ntk["replay_path_norm"], rel_tol=1e-3)
+    bilinear = get_unlearner("fast-ntk", step="replay", replay_model="bilinear")
+    _, _, asked = run_method(bilinear, req)
+    assert asked["ntk"]["path"] == "one-shot" and asked["ntk"]["replay_model"] == "bilinear"
+    assert "replay_model='bilinear'" in asked["ntk"]["path_reason"]
 
 
 def test_malformed_state_with_a_matching_checksum_is_an_artifact_error(peft_run, tmp_path):

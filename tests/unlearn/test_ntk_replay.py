@@ -8,6 +8,7 @@ loop (privkit.train.run_training) for the claim that on a model linear in its pa
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -23,6 +24,7 @@ from privkit.errors import ArtifactError, ConfigError
 from privkit.train import ClassifierConfig, ClassifierTask, LoopConfig, epoch_batches, run_training
 from privkit.unlearn.jacobian import flatten_parameters, parameter_jacobian, select_parameters
 from privkit.unlearn.ntk_replay import (LinearisedNet, ReplayRecipe, ReplayState, linearise_for_replay,
+                                        replay_forget_delta, trajectory_points,
                                         load_replay_state, replay_recipe, save_replay_state)
 from bn_cnn import bn_cnn
 
@@ -218,3 +220,158 @@ def test_replay_over_rows_equals_the_replay_over_their_subset():
         recipe = ReplayRecipe(epochs=3, batch_size=8, lr=0.05, optimizer=optimizer, anchor_penalty=0.1, seed=3)
         assert torch.equal(replay_recipe(nets, recipe, path, rows=rows),
                            replay_recipe([nt.subset(rows) for nt in nets], recipe, path))
+
+
+def _bilinear_net(seed=0, n=40, c=3, d_in=5, p_body=7) -> LinearisedNet:
+    """A random bilinear net: jac_body is the head input's Jacobian (n, d_in, p_body), head_weight W_m."""
+    net = _random_net(seed, n, c, d_in, p_body)
+    g = torch.Generator().manual_seed(seed + 100)
+    net.jac_body = torch.randn(n, d_in, p_body, generator=g, dtype=F64)
+    net.head_weight = torch.randn(c, d_in, generator=g, dtype=F64)
+    return net
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_bilinear_replay_equals_torch_optim_on_the_bilinear_loss(optimizer):
+    """The hand-written cross-term gradients against autograd through LinearisedNet.outputs."""
+    net = _bilinear_net()
+    recipe = ReplayRecipe(epochs=3, batch_size=8, lr=0.05, optimizer=optimizer, anchor_penalty=0.01, seed=2)
+    reference = _torch_optim_replay(net, recipe)
+    torch.testing.assert_close(replay_recipe(net, recipe, dtype=F64), reference, rtol=1e-10, atol=1e-12)
+    # the cross term mattered: the same net read as the logits model lands elsewhere
+    logits_model = _random_net()
+    logits_model.jac_body = torch.einsum("ci,nip->ncp", net.head_weight, net.jac_body)
+    assert float((replay_recipe(logits_model, recipe, dtype=F64) - reference).abs().max()) > 1e-3
+
+
+def test_bilinear_model_is_the_logits_model_plus_the_head_body_cross_term():
+    """Stored: the head input's Jacobian A; W_m A equals the logits' Jacobian, and the outputs carry dW A dtheta."""
+    model, w0_all, x, y = bn_cnn(seed=3, n_classes=4, n=20)
+    selected = select_parameters(model, "bn")
+    w0 = {n: w0_all[n] for n in selected}
+    point = {n: 0.5 * (w0[n] + p.detach()) for n, p in selected.items()}
+    logits_net = linearise_for_replay(model, w0, point, x, y, replay_model="logits")
+    bilinear = linearise_for_replay(model, w0, point, x, y, replay_model="bilinear")
+    assert bilinear.bilinear and not logits_net.bilinear
+    assert bilinear.jac_body.shape[1] == bilinear.features.shape[1]  # rows: the head's inputs
+    torch.testing.assert_close(torch.einsum("ci,nip->ncp", bilinear.head_weight.float(), bilinear.jac_body),
+                               logits_net.jac_body, rtol=1e-4, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    delta = logits_net.shift + 0.3 * torch.randn(len(logits_net.shift), generator=g, dtype=F64)
+    rows = torch.arange(len(y))
+    parts = bilinear.split(delta - bilinear.shift)
+    w, _ = bilinear.head
+    body = torch.cat([parts[n].reshape(-1) for n in bilinear.body])
+    cross = (bilinear.jac_body.double() @ body) @ parts[w].reshape(4, -1).T
+    torch.testing.assert_close(bilinear.outputs(rows, bilinear.split(delta)),
+                               logits_net.outputs(rows, logits_net.split(delta)) + cross, rtol=1e-4, atol=1e-4)
+    assert float(cross.abs().max()) > 1e-3
+
+
+def test_trajectory_points_are_the_training_iterates_and_replay_reproduces_training():
+    ds, model = _linear_problem(seed=4)
+    recipe = ReplayRecipe(epochs=3, batch_size=10, lr=0.05, anchor_penalty=0.01, seed=5)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trained = _train(model, ds, recipe, w0)
+    x, attrs = ds.materialize()
+    points, error = trajectory_points(model, w0, x, attrs[:, 0], recipe, 3)
+    assert error < 1e-6 and len(points) == 3
+    # 15 steps (5 per epoch): the iterates after round(2.5), round(7.5), round(12.5) = 2, 8, 12 steps
+    for k, steps in enumerate((2, 8, 12)):
+        short = ReplayRecipe(epochs=recipe.epochs, batch_size=10, lr=0.05, anchor_penalty=0.01, seed=5)
+        expected = _train_steps(nn.Sequential(nn.Linear(6, 3)), ds, short, w0, steps)
+        torch.testing.assert_close(flatten_parameters(points[k], F64), expected, rtol=1e-6, atol=1e-7)
+    state = ReplayState.fit(model, w0, x, attrs[:, 0], ds.base_indices, recipe, "all")
+    assert state.schedule == "steps" and state.trajectory_error < 1e-6
+    torch.testing.assert_close(flatten_parameters(w0, F64) + state.delta_full, trained, rtol=1e-4, atol=1e-5)
+    # weights the recipe does not reproduce (here: nudged) fall back to the straight path's points
+    with torch.no_grad():
+        model[0].bias.add_(0.05)
+    fallback = ReplayState.fit(model, w0, x, attrs[:, 0], ds.base_indices, recipe, "all")
+    assert fallback.schedule == "path" and fallback.trajectory_error > 1e-3
+
+
+def _train_steps(model, ds, recipe: ReplayRecipe, w0, steps: int):
+    """The training loop stopped after ``steps`` steps (the reference for a trajectory snapshot)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(w0[name])
+    cfg = ClassifierConfig(lr=recipe.lr, weight_decay=recipe.anchor_penalty, anchor_penalty=recipe.anchor_penalty)
+    task = ClassifierTask(model, 0, cfg)
+    step, count = task.step, [0]
+
+    def limited(batch, epoch, index):
+        if count[0] >= steps:
+            return {}
+        count[0] += 1
+        return step(batch, epoch, index)
+
+    task.step = limited
+    run_training(task, ds, LoopConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, seed=recipe.seed,
+                                      progress=False))
+    return flatten_parameters(dict(model.named_parameters()), F64)
+
+
+def test_direct_and_difference_forms():
+    """direct: w* + update = w0 + delta_Dr; difference: update = delta_Dr - delta_D."""
+    nets = [_random_net(seed=0, n=50), _random_net(seed=1, n=50)]
+    nets[1].labels = nets[0].labels
+    recipe = ReplayRecipe(epochs=2, batch_size=8, lr=0.05, anchor_penalty=0.01, seed=1)
+    path = torch.randn(len(nets[0].shift), dtype=F64)
+    rows = torch.arange(0, 50, 2)
+    retained = replay_recipe(nets, recipe, path, rows=rows, schedule="steps")
+    full = replay_recipe(nets, recipe, path, schedule="steps")
+    direct, info = replay_forget_delta(nets, rows, recipe, path=path, schedule="steps", form="direct")
+    difference, _ = replay_forget_delta(nets, rows, recipe, path=path, schedule="steps", form="difference")
+    torch.testing.assert_close(direct, retained - path)
+    torch.testing.assert_close(difference, retained - full)
+    assert info["replay_form"] == "direct" and info["replay_schedule"] == "steps"
+    with pytest.raises(ConfigError, match="replay_form='both'"):
+        replay_forget_delta(nets, rows, recipe, path=path, form="both")
+    with pytest.raises(ConfigError, match="schedule='time'"):
+        replay_recipe(nets, recipe, path, schedule="time")
+
+
+def test_bilinear_state_round_trip_and_a_format_1_state_still_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    model, w0_all, x, y = bn_cnn(seed=1, n_classes=4, n=24)
+    selected = select_parameters(model, "bn")
+    w0 = {n: w0_all[n] for n in selected}
+    recipe = ReplayRecipe(epochs=2, batch_size=8, lr=0.01, anchor_penalty=0.01, seed=0)
+    state = ReplayState.fit(model, w0, x, y, torch.arange(len(y)), recipe, "bn", points=2, replay_model="bilinear",
+                            schedule="path")
+    assert state.model == "bilinear" and state.schedule == "path"
+    meta = save_replay_state(tmp_path, state, "fp")
+    assert meta["ntk_replay_model"] == "bilinear" and meta["ntk_replay_schedule"] == "path"
+    loaded = load_replay_state(tmp_path, meta)
+    assert loaded.model == "bilinear"
+    torch.testing.assert_close(loaded.forget([1, 2])[0], state.forget([1, 2])[0])
+    # a format-1 file (before schedules and models): straight-path points, logits model
+    old = ReplayState.fit(model, w0, x, y, torch.arange(len(y)), recipe, "bn", points=2, replay_model="logits",
+                          schedule="path")
+    old.save(tmp_path / "new.safetensors")
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "new.safetensors"))
+    header = json.loads(_metadata_of(tmp_path / "new.safetensors"))
+    for key in ("schedule", "model", "trajectory_error"):
+        header.pop(key)
+    header["format"] = "privkit.ntk_replay_state/1"
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={ReplayState._METADATA_KEY: json.dumps(header)})
+    raw = (tmp_path / "old.safetensors").read_bytes()
+    v1 = ReplayState.from_bytes(raw, "old")
+    assert v1.schedule == "path" and v1.model == "logits"
+    torch.testing.assert_close(v1.forget([1, 2])[0], old.forget([1, 2])[0])
+    # a header naming the bilinear model over logits-model tensors is refused
+    header["format"], header["model"] = ReplayState.FORMAT, "bilinear"
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={ReplayState._METADATA_KEY: json.dumps(header)})
+    with pytest.raises(ArtifactError, match="malformed"):
+        ReplayState.from_bytes((tmp_path / "bad.safetensors").read_bytes(), "bad")
+
+
+def _metadata_of(path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return handle.metadata()[ReplayState._METADATA_KEY]
