@@ -12,7 +12,7 @@ from typing import Optional
 
 def train_peft(ds, data_spec: str, target: str, out: Path, model: Optional[str], peft: str, epochs: int,
                batch_size: int, lr: float, weight_decay: float, seed: int, data_seed: int, size: Optional[int],
-               resume: bool, overwrite: bool, keep_replay_state: bool = False) -> Path:
+               resume: bool, overwrite: bool, keep_replay_state: Optional[bool] = None) -> Path:
     """Pretrain on half of the training split, then fine-tune only the PEFT parameters toward w0."""
     from privkit.unlearn.peft import train_peft_run
 

@@ -30,9 +30,10 @@ def train(data: str = DataOpt,
           target_epsilon: float = typer.Option(8.0, "--target-epsilon"), delta: float = typer.Option(1e-5, "--delta"),
           max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
           peft: Optional[str] = typer.Option(None, "--peft", help="parameter-efficient fine-tuning: bn | prompt"),
-          replay_state: bool = typer.Option(False, "--replay-state",
-                                            help="with --peft: also keep what `privkit unlearn --method fast-ntk "
-                                                 "--option step=replay` requests need (one-off cost)"),
+          replay_state: Optional[bool] = typer.Option(
+              None, "--replay-state/--no-replay-state",
+              help="with --peft: keep what `privkit unlearn --method fast-ntk` needs to answer requests by replaying "
+                   "the recipe (one-off cost; default: kept when it fits in memory)"),
           resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
           overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
           task: str = typer.Option("classifier", "--task", help="classifier | i2i (inpainting/outpainting model; "
@@ -53,7 +54,7 @@ def train(data: str = DataOpt,
 
         ignored = [flag for flag, given in (("--dp", dp), ("--peft", peft is not None), ("--bin", bool(bins)),
                                              ("--weight-decay", weight_decay != 0.0),
-                                             ("--replay-state", replay_state)) if given]
+                                             ("--replay-state", replay_state is not None)) if given]
         if ignored:
             raise ConfigError(f"{', '.join(ignored)} do not apply to --task i2i; drop them")
 

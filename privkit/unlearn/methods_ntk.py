@@ -629,13 +629,20 @@ class NTKUnlearner(_NTKBase):
         \\lVert a+\\delta-w_0\\rVert^2` (Newton-CG, :mod:`privkit.unlearn.ntk_linearized`), update
         :math:`w(D) + s(\\delta_{D_r} - \\delta_D)`; served from the run folder's kept linearised state
         (``ntk_linearised.safetensors``) when there is one. ``replay`` (PEFT models): the fine-tuning
-        recipe replayed on the network linearised along :math:`w_0 \\to w^*`, update
-        :math:`w^* + s(\\delta_{D_r} - \\delta_D)` (:mod:`privkit.unlearn.ntk_replay`); served from the
+        recipe replayed on the network linearised at the fine-tuning's own iterates, update
+        :math:`w_0 + \\delta_{D_r}` (:mod:`privkit.unlearn.ntk_replay`); served from the
         kept replay state (``privkit train --peft ... --replay-state``) when there is one.
     replay_points : int
-        ``step="replay"``: linearisation points along the path (default
+        ``step="replay"``: linearisation points (default
         :data:`~privkit.unlearn.ntk_replay.DEFAULT_REPLAY_POINTS`); a kept state with another number is
         not used.
+    replay_form : {"direct", "difference"}
+        ``step="replay"``: the update :math:`w_0 + \\delta_{D_r}` (default) or
+        :math:`w^* + s(\\delta_{D_r} - \\delta_D)`.
+    replay_model : {"auto", "logits", "bilinear"}
+        ``step="replay"``: what is linearised (:data:`~privkit.unlearn.ntk_replay.REPLAY_MODELS`);
+        ``auto`` takes the kept state's model, or picks by size for a one-shot request; a kept state of
+        the other model does not answer an explicit one.
     """
 
     def _weighting_mode(self, context: UnlearnContext) -> str:

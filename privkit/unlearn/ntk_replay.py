@@ -10,44 +10,61 @@ On a forgotten class the one Newton step then undershoots by a wide margin (digi
 not), because at :math:`w^*` the forget samples are fitted and carry almost no gradient, while
 the retrained model never raised their logits in the first place.
 
-This step replays the recipe itself, on the network linearised along the fine-tuning path
-:math:`w_0 \to w^*`, piecewise: at K points :math:`m_k = w_0 + t_k(w^* - w_0)`,
-:math:`t_k = (k + \tfrac12)/K` (default K = 3),
+This step replays the recipe itself on the network linearised piecewise along the fine-tuning, at
+K points (default K = 3). By default (``schedule="steps"``) the points are the fine-tuning's own
+iterates :math:`m_k = w_{s_k}` after :math:`s_k = \mathrm{round}((k + \tfrac12)S/K)` of its S steps
+(:func:`trajectory_points` re-runs the recipe and checks it lands on :math:`w^*`), and step s of a
+replay of :math:`S'` steps uses point :math:`\lfloor sK/S'\rfloor`, the iterate nearest in time;
+``schedule="path"`` (the fallback when the re-run does not reproduce :math:`w^*`, and format-1
+states) uses :math:`m_k = w_0 + t_k(w^* - w_0)`, :math:`t_k = (k + \tfrac12)/K`, picked by the
+iterate's projection onto the path. At point :math:`m` with :math:`\Delta = w - m`:
 
 .. math::
 
-    f_{lin}(x; w_0 + \delta) = f(x; m_k) + J_{m_k}(x)\,(\delta - (m_k - w_0)),
-    \qquad k = \Big\lfloor K\,\frac{\langle\delta,\, w^* - w_0\rangle}{\lVert w^* - w_0\rVert^2}\Big\rfloor
-    \text{ (clipped to } 0..K-1),
+    f_{lin}(x; w) = f(x; m) + J_m(x)\,\Delta \qquad (\text{``logits'' model}),
+
+    f_{bil}(x; w) = (W_m + \Delta W)\,(a_m(x) + A_m(x)\,\Delta\theta) + b_m + \Delta b
+    \qquad (\text{``bilinear'' model}),
+
+the second keeping the linear head :math:`z = Wa + b` exact and linearising only its input
+:math:`a(x; \theta)` in the other (normalisation-layer or prompt) parameters :math:`\theta`: the
+logits model plus the head-body cross term :math:`\Delta W A_m\Delta\theta`. It stores
+:math:`A_m` (head inputs x body parameters per sample) instead of :math:`J_m` (classes x body
+parameters), so ``replay_model="auto"`` picks it when the head's input is at most
+:data:`BILINEAR_MAX_RATIO` times the classes (synthetic-faces and ORL identity: 64 inputs, 40
+classes) and the logits model otherwise (digits: 64 for 10). Then
+
+.. math::
 
     \delta_S = \mathrm{Recipe}_S\Big(\delta \mapsto \tfrac1{|B|}\sum_{i\in B}
-        \mathrm{CE}(f_{lin}(x_i; w_0+\delta), y_i) + \tfrac\lambda2\lVert\delta\rVert^2\Big),
+        \mathrm{CE}(f(x_i; w_0+\delta), y_i) + \tfrac\lambda2\lVert\delta\rVert^2\Big),
         \quad \delta^{(0)} = 0,
 
-i.e. each step uses the linearisation nearest to where the iterate is along the path (a
-midpoint rule per segment, so the error is second order in the segment length). K = 3 was chosen
-over K = 1 (the midpoint) on tuning requests (docs/benchmarks.md, "Fast-NTK's three steps", which
-also reports both). :math:`\mathrm{Recipe}_S` runs the recipe's optimizer for
-its epochs over the batches of :func:`privkit.train.epoch_batches` on :math:`S` (the same
-permutations ``privkit train`` and ``retrain`` draw for a set of that size), and :math:`\lambda` is
-the recipe's w0-penalty. The update keeps the difference form of the other steps, which cancels
-the linearisation error common to both replays:
+where :math:`\mathrm{Recipe}_S` runs the recipe's optimizer for its epochs over the batches of
+:func:`privkit.train.epoch_batches` on :math:`S` (the same permutations ``privkit train`` and
+``retrain`` draw for a set of that size), and :math:`\lambda` is the recipe's w0-penalty. The
+update is, by default (``replay_form="direct"``), the replayed retraining itself,
 
 .. math::
 
-    w \leftarrow w^* + s\,(\delta_{D_r} - \delta_D).
+    w \leftarrow w_0 + \delta_{D_r} \;=\; w^* + s\,(\delta_{D_r} - (w^* - w_0)),\ s = 1,
 
-On a model whose logits are linear in the selected parameters the linearisation is exact,
-:math:`w_0 + \delta_D = w^*` and the update *is* retraining (tested to round-off).
+or (``"difference"``) :math:`w^* + s(\delta_{D_r} - \delta_D)`, which cancels the linearisation
+error common to both replays but also carries the replay over :math:`D`'s own error
+(:math:`\lVert w_0 + \delta_D - w^*\rVert`, reported as ``replay_path_error``). The two coincide
+when that error is 0: on a model whose logits are linear in the selected parameters the
+linearisation is exact, :math:`w_0 + \delta_D = w^*` and the update *is* retraining (tested to
+round-off). The choices (iterates over the straight path, the bilinear model, the direct form)
+were made on tuning requests, not the issue's own (docs/benchmarks.md, "Fast-NTK's three steps").
 
 **Cost.** A replay is the recipe's epochs of products with the stored Jacobian (no network
 pass). The classifier head is a linear layer :math:`z = W a + b`, so its Jacobian rows are
 :math:`e_c a_i^T` and :math:`e_c`: only the head's input features :math:`a_i` are stored, and the
 Jacobian is stored for the other (normalisation-layer or prompt) parameters only -- on the
-benchmark CNN 320 of 2,920 parameters, a 9x smaller state and 9x less memory traffic per epoch.
-:class:`ReplayState` keeps :math:`J_m` (float32), :math:`a_i`, :math:`f(x_i; m)`, the labels and
+benchmark CNN 320 of 2,920 parameters. :class:`ReplayState` keeps, per point, that Jacobian
+(float32), :math:`a_i`, :math:`f(x_i; m)` (and :math:`W_m` for the bilinear model), the labels and
 dataset ids over :math:`D`, and :math:`\delta_D`, so a request selects the retain rows by id and
-runs one replay (``K`` sets of these tensors).
+runs one replay.
 """
 
 from __future__ import annotations

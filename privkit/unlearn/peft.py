@@ -370,7 +370,7 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
                    data_seed: int = 0, size: int | None = None, resume: bool = False, overwrite: bool = False,
                    progress: bool = True, pretrain_epochs: int | None = None, model_kwargs: dict | None = None,
                    keep_ntk_state: bool = True, keep_linearised_state: bool = False,
-                   keep_replay_state: bool = False, replay_points: int | None = None,
+                   keep_replay_state: bool | None = None, replay_points: int | None = None,
                    replay_model: str = "auto") -> Path:
     """Pretrain on one half of the training split, fine-tune the PEFT parameters on the other half.
 
@@ -382,6 +382,8 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
     that would not fit in memory is skipped (the report says why) and ``fast-ntk`` then runs one-shot.
     ``keep_linearised_state`` / ``keep_replay_state`` also keep what ``fast-ntk step="linearised-ce"`` /
     ``step="replay"`` requests need (:mod:`privkit.unlearn.ntk_linearized`, :mod:`privkit.unlearn.ntk_replay`).
+    ``keep_replay_state=None`` (default): keep it when it fits in memory, else say why in the report;
+    ``True``: a replay state that would not fit is an error before training; ``False``: none.
     Every input check happens before the run folder is created.
     """
     from privkit.classify import TEST_FRACTION, VAL_FRACTION, add_evaluation, classifier_split, evaluate_predictions
@@ -424,7 +426,8 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
     if keep_ntk_state:
         state_skipped = _ntk_state_memory_problem(model, names, len(fine_idx), attribute.num_classes,
                                                   ds[int(fine_idx[0])][0].unsqueeze(0))
-    if keep_replay_state:
+    replay_skipped = None
+    if keep_replay_state is not False:
         from privkit.errors import ResourceError
         from privkit.unlearn.ntk_replay import DEFAULT_REPLAY_POINTS
 
@@ -434,8 +437,9 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
             raise ConfigError(f"replay_model={replay_model!r}; choose one of {', '.join(REPLAY_MODELS)}")
         problem = replay_state_memory_problem(model, names, len(fine_idx), attribute.num_classes,
                                               replay_points or DEFAULT_REPLAY_POINTS, replay_model)
-        if problem is not None:
+        if problem is not None and keep_replay_state:
             raise ResourceError(problem)
+        replay_skipped = problem
     if keep_ntk_state and keep_linearised_state and state_skipped is None:
         from privkit.errors import ResourceError
 
@@ -497,7 +501,10 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
         elif keep_ntk_state:
             report.text(f"The NTK state was not kept: {state_skipped}. fast-ntk runs one-shot on this model.",
                         title="Kept NTK state (one-off cost)")
-        if keep_replay_state:
+        if replay_skipped is not None:
+            report.text(f"The replay state was not kept: {replay_skipped}. fast-ntk uses the Newton step on this "
+                        f"model.", title="Kept replay state (one-off cost)")
+        elif keep_replay_state is not False:
             from privkit.unlearn.base import TrainingRecipe
             from privkit.unlearn.ntk_replay import ReplayRecipe, ReplayState, save_replay_state
 

@@ -252,3 +252,21 @@ def test_a_replay_that_cannot_be_fitted_does_not_cost_the_trained_model(tmp_path
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert "ntk_replay_sha256" not in meta and meta["ntk_state_sha256"]  # the model and its NTK state are kept
     assert "replay state was not kept" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_peft_training_keeps_the_replay_state_by_default_when_it_fits(tmp_path, monkeypatch):
+    import privkit.unlearn.peft as peft_module
+
+    base = ["train", "--data", "digits", "--size", SIZE, "--target", "digit", "--peft", "bn", "--epochs", 1,
+            "--lr", "1e-2"]
+    assert invoke(*base, "--out", tmp_path / "default").exit_code == 0
+    assert json.loads((tmp_path / "default" / "meta.json").read_text())["ntk_replay_sha256"]
+    assert invoke(*base, "--no-replay-state", "--out", tmp_path / "off").exit_code == 0
+    assert "ntk_replay_sha256" not in json.loads((tmp_path / "off" / "meta.json").read_text())
+    # too large: by default the model is trained without it (the report says why); asked for, it is an error
+    monkeypatch.setattr(peft_module, "replay_state_memory_problem", lambda *a, **k: "it would need 9 TiB")
+    assert invoke(*base, "--out", tmp_path / "big").exit_code == 0
+    assert "ntk_replay_sha256" not in json.loads((tmp_path / "big" / "meta.json").read_text())
+    assert "it would need 9 TiB" in (tmp_path / "big" / "report.html").read_text()
+    result = invoke(*base, "--replay-state", "--out", tmp_path / "asked")
+    assert result.exit_code == 2 and "9 TiB" in result.output and not (tmp_path / "asked").exists()
