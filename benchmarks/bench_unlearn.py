@@ -159,7 +159,8 @@ def peft_speedup(data: str, target: str, epochs: int, root: Path, seed: int, req
     ds = load_dataset(data, **(data_options or {}))
     run = root / f"peft-{Path(data).name}"
     train_peft_run(ds, data, target, run, peft="bn", epochs=epochs, lr=1e-2, weight_decay=5e-4, seed=seed,
-                   progress=False, keep_linearised_state=linearised is not None)
+                   progress=False, keep_linearised_state=linearised is not None,
+                   keep_replay_state=False)  # this table measures the Newton step from the kept NTK state
     one_off = json.loads((run / "meta.json").read_text())["ntk_state_fit_seconds"]
     rows = []
     forgets = PEFT_REQUESTS[:requests] if isinstance(requests, int) else requests
