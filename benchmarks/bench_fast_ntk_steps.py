@@ -53,8 +53,6 @@ def fmt(v) -> str:
 
 def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, repeats: int,
                  only: list[str] | None, replay_points: int, replay_model: str, replay_form: str) -> None:
-    import numpy as np
-
     from privkit.data import load_dataset
     from privkit.unlearn import get_unlearner
     from privkit.unlearn.metrics import GAP_KEYS, avg_gap, unlearning_metrics
@@ -75,15 +73,8 @@ def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, 
         if only and forget not in only:
             continue
         req = prepare_request(run, data, forget, data_seed=0, seed=0, dataset=ds)
-        refs, retrain_times = [], []
-        for s in range(seeds):
-            req.context.seed = s
-            model, seconds, _ = run_method(get_unlearner("retrain"), req)
-            if s == 0:
-                retrain_times.append(seconds)
-            refs.append(unlearning_metrics(model, req.retain, req.forget, req.test, target, seconds, seed=0))
-        req.context.seed = 0
-        mean = {k: float(np.mean([r[k] for r in refs])) for k in GAP_KEYS}
+        refs, mean = retrain_references(req, target, seeds)
+        retrain_times = [refs[0]["RTE"]]
         step_times: dict[str, list[float]] = {s: [] for s in steps}
         models = {}
         for r in range(repeats):
@@ -111,6 +102,23 @@ def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, 
         cells += [f"{min(noise):.2f}-{max(noise):.2f}" if noise else "–",
                   " / ".join(f"{mean[k]:.1f}" for k in GAP_KEYS), f"{os.getloadavg()[0]:.1f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def retrain_references(req, target: str, seeds: int) -> tuple[list[dict], dict]:
+    """The metrics of ``seeds`` retrainings (seeds 0..seeds-1; ``RTE`` their seconds) and their mean."""
+    import numpy as np
+
+    from privkit.unlearn import get_unlearner
+    from privkit.unlearn.metrics import GAP_KEYS, unlearning_metrics
+    from privkit.unlearn.run import run_method
+
+    refs = []
+    for s in range(seeds):
+        req.context.seed = s
+        model, seconds, _ = run_method(get_unlearner("retrain"), req)
+        refs.append(unlearning_metrics(model, req.retain, req.forget, req.test, target, seconds, seed=0))
+    req.context.seed = 0
+    return refs, {k: float(np.mean([r[k] for r in refs])) for k in GAP_KEYS}
 
 
 def _bold(gap: float) -> str:

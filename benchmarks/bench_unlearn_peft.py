@@ -23,15 +23,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fast_ntk_steps import REQUESTS  # noqa: E402
+from bench_fast_ntk_steps import REQUESTS, _bold, retrain_references  # noqa: E402
 from bench_unlearn import DEFAULT_ORL, PEFT_SCENARIOS  # noqa: E402
 
 SKIP = ("ntk",)  # full-parameter NTK: see bench_unlearn.py's width-8 scenarios
 
 
 def run_scenario(key: str, orl: Path, root: Path, methods: list[str], seeds: int, only: list[str] | None) -> None:
-    import numpy as np
-
     from privkit.data import load_dataset
     from privkit.unlearn import get_unlearner
     from privkit.unlearn.metrics import GAP_KEYS, avg_gap, unlearning_metrics
@@ -49,13 +47,7 @@ def run_scenario(key: str, orl: Path, root: Path, methods: list[str], seeds: int
         if (only and forget not in only) or (not only and role != "required"):
             continue
         req = prepare_request(run, data, forget, data_seed=0, seed=0, dataset=ds)
-        refs = []
-        for s in range(seeds):
-            req.context.seed = s
-            model, seconds, _ = run_method(get_unlearner("retrain"), req)
-            refs.append(unlearning_metrics(model, req.retain, req.forget, req.test, target, seconds, seed=0))
-        req.context.seed = 0
-        mean = {k: float(np.mean([r[k] for r in refs])) for k in GAP_KEYS}
+        refs, mean = retrain_references(req, target, seeds)
         original = unlearning_metrics(req.start_model, req.retain, req.forget, req.test, target, 0.0, seed=0)
         rows = [("retrain", refs[0], "seed 0"), ("(original)", original, "")]
         for name in methods:
@@ -73,10 +65,6 @@ def run_scenario(key: str, orl: Path, root: Path, methods: list[str], seeds: int
             cells = [f"{key}: {forget}", name] + [f"{m[k]:.2f}" for k in GAP_KEYS] + [
                 rte, _bold(avg_gap(m, refs[0])), _bold(avg_gap(m, mean)), note, f"{os.getloadavg()[0]:.1f}"]
             print("| " + " | ".join(cells) + " |", flush=True)
-
-
-def _bold(gap: float) -> str:
-    return f"{gap:.2f}" if gap <= 2.0 else f"**{gap:.2f}**"
 
 
 def main() -> None:

@@ -324,7 +324,6 @@ def replay_state_memory_problem(model: nn.Module, names: list[str], n_samples: i
     for the bilinear model); fitting it holds about twice that.
     """
     from privkit.unlearn.jacobian import _classifier_head
-    from privkit.unlearn.ntk import _gib, available_memory_bytes
     from privkit.unlearn.ntk_replay import choose_replay_model
 
     params = dict(model.named_parameters())
@@ -336,12 +335,18 @@ def replay_state_memory_problem(model: nn.Module, names: list[str], n_samples: i
         head_in = next(params[n].shape[1] for n in head if params[n].dim() == 2)
         chosen = choose_replay_model(True, n_classes, head_in) if replay_model == "auto" else replay_model
         rows = head_in if chosen == "bilinear" else n_classes
-    need = 2 * points * n_samples * rows * body * 4
+    return _state_too_large("replay state", 2 * points * n_samples * rows * body * 4,
+                            f"{points} points x {n_samples} samples x {rows} rows x {body} parameters",
+                            "train with --no-replay-state (fast-ntk then uses the Newton step) or on fewer samples")
+
+
+def _state_too_large(what: str, need: int, shape: str, advice: str) -> str | None:
+    """The memory guard's message when ``need`` bytes exceed 80 % of the available memory, else ``None``."""
+    from privkit.unlearn.ntk import _gib, available_memory_bytes
+
     available = available_memory_bytes()
     if available is not None and need > 0.8 * available:
-        return (f"the replay state would need about {_gib(need)} ({points} points x {n_samples} samples x {rows} "
-                f"rows x {body} parameters) but {_gib(available)} are available; train without --replay-state "
-                f"(fast-ntk then uses the Newton step) or on fewer samples")
+        return f"the {what} would need about {_gib(need)} ({shape}) but {_gib(available)} are available; {advice}"
     return None
 
 
@@ -352,17 +357,12 @@ def linearised_state_memory_problem(model: nn.Module, names: list[str], n_sample
     n_classes x P``); fitting it also holds the Gauss-Newton-weighted rows and the Jacobian in the
     kept subspace, about three times that in all.
     """
-    from privkit.unlearn.ntk import _gib, available_memory_bytes
-
     params = dict(model.named_parameters())
     n_params = sum(params[n].numel() for n in names)
-    need = 3 * n_samples * n_classes * n_params * 4
-    available = available_memory_bytes()
-    if available is not None and need > 0.8 * available:
-        return (f"the linearised state would need about {_gib(need)} ({n_samples} samples x {n_classes} classes x "
-                f"{n_params} parameters, three copies while fitting) but {_gib(available)} are available; train "
-                f"without keep_linearised_state (fast-ntk then uses the Newton or replay step) or on fewer samples")
-    return None
+    return _state_too_large("linearised state", 3 * n_samples * n_classes * n_params * 4,
+                            f"{n_samples} samples x {n_classes} classes x {n_params} parameters, three copies while "
+                            f"fitting", "train without keep_linearised_state (fast-ntk then uses the Newton or replay "
+                            "step) or on fewer samples")
 
 
 def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: str | None = None, peft: str = "bn",

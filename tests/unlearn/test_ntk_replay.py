@@ -200,7 +200,7 @@ def test_replay_state_memory_guard_counts_the_body_jacobian_only(monkeypatch):
     assert replay_state_memory_problem(model, names, 1000, 4, 3) is None
     monkeypatch.setattr(ntk_module, "available_memory_bytes", lambda: int(need / 0.8) - 1)
     message = replay_state_memory_problem(model, names, 1000, 4, 3)
-    assert f"x {body} parameters" in message and "without --replay-state" in message
+    assert f"x {body} parameters" in message and "--no-replay-state" in message
 
 
 def test_a_diverging_replay_is_a_config_error():
