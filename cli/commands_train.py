@@ -65,8 +65,9 @@ def train(data: str = DataOpt,
         raise ConfigError(f"--task {task!r} is not one of classifier, i2i")
     if target is None:
         raise ConfigError("--target is required: name the attribute to predict (see `privkit datasets info`)")
-    if replay_state and peft is None:
-        raise ConfigError("--replay-state applies to --peft training only; add --peft bn (or prompt) or drop it")
+    if replay_state is not None and peft is None:
+        flag = "--replay-state" if replay_state else "--no-replay-state"
+        raise ConfigError(f"{flag} applies to --peft training only; add --peft bn (or prompt) or drop it")
     if dp and peft is not None:
         raise ConfigError("--dp with --peft is not supported yet (the PEFT path trains without DP-SGD); drop one of them")
 

@@ -494,9 +494,10 @@ class _NTKBase:
             order = torch.argsort(ids)
             x, y = torch.cat([retain_x, forget_x])[order], torch.cat([retain_y, forget_y])[order]
             retain_rows = torch.nonzero(order < len(retain_y)).reshape(-1)
-            # the training's own iterates (its recipe and seed), else the straight path's points
-            trajectory, error = trajectory_points(model, w0, x, y, ReplayRecipe.from_training(context.recipe),
-                                                  self.replay_points)
+            # the training's own iterates (its recipe and seed; a re-run of the fine-tuning over D), else the
+            # straight path's points; an unlearned run's weights are no training's end point: no re-run
+            trajectory, error = (None, None) if (context.model_meta or {}).get("unlearned_by") else \
+                trajectory_points(model, w0, x, y, ReplayRecipe.from_training(context.recipe), self.replay_points)
             schedule = "steps" if trajectory is not None else "path"
             nets = [linearise_for_replay(model, w0, point, x, y, self.chunk_size, self.replay_model)
                     for point in (trajectory if trajectory is not None else points)]

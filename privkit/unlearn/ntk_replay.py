@@ -72,10 +72,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -511,7 +513,9 @@ def trajectory_points(model: nn.Module, w0: Mapping[str, Tensor], x: Tensor, y: 
     live = dict(model.named_parameters())
     trained = {n: live[n].detach().clone() for n in names}
     total = recipe.epochs * len(epoch_batches(len(y), recipe.batch_size, recipe.seed, 0, DistInfo()))
-    wanted = {round((k + 0.5) * total / points): k for k in range(points)}  # steps applied -> point index
+    wanted: dict[int, list[int]] = {}  # steps applied -> the points taken there (several when K > S)
+    for k in range(points):
+        wanted.setdefault(round((k + 0.5) * total / points), []).append(k)
     fresh = copy_model(model)
     set_parameters(fresh, {n: w0[n].detach() for n in names})
     cfg = ClassifierConfig(lr=recipe.lr, weight_decay=recipe.anchor_penalty, optimizer=recipe.optimizer,
@@ -523,7 +527,8 @@ def trajectory_points(model: nn.Module, w0: Mapping[str, Tensor], x: Tensor, y: 
     def snapshot() -> None:
         if applied[0] in wanted:
             net_live = dict(unwrap(task.nets["model"]).named_parameters())
-            snapshots[wanted[applied[0]]] = {n: net_live[n].detach().clone() for n in names}
+            for k in wanted[applied[0]]:
+                snapshots[k] = {n: net_live[n].detach().clone() for n in names}
 
     snapshot()  # a point at step 0 (K > 2S) is w0 itself
     step = task.step
@@ -536,8 +541,15 @@ def trajectory_points(model: nn.Module, w0: Mapping[str, Tensor], x: Tensor, y: 
 
     task.step = step_and_snapshot
     data = torch.utils.data.TensorDataset(x, y.long())
-    run_training(task, data, LoopConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, seed=recipe.seed,
-                                        progress=False, description="replay trajectory"))
+    # the training loop seeds every generator; the caller's random streams are left as they were
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            run_training(task, data, LoopConfig(epochs=recipe.epochs, batch_size=recipe.batch_size,
+                                                seed=recipe.seed, progress=False, description="replay trajectory"))
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
     rerun = dict(unwrap(task.nets["model"]).named_parameters())
     gap = math.sqrt(sum(float((rerun[n].detach().double() - trained[n].double()).pow(2).sum()) for n in names))
     length = math.sqrt(sum(float((trained[n].double() - w0[n].double()).pow(2).sum()) for n in names))
@@ -550,8 +562,9 @@ def trajectory_points(model: nn.Module, w0: Mapping[str, Tensor], x: Tensor, y: 
 class ReplayState:
     """The linearised network over :math:`D` and :math:`\\delta_D`, kept so a request needs no network pass.
 
-    ``nets``: one :class:`LinearisedNet` per linearisation point along :math:`w_0 \\to w^*`
-    (:func:`path_points`). Saved as safetensors (tensors) + JSON metadata in its header; the file's
+    ``nets``: one :class:`LinearisedNet` per linearisation point: the fine-tuning's iterates
+    (``schedule="steps"``, :func:`trajectory_points`) or points of :math:`w_0 \\to w^*`
+    (``schedule="path"``, :func:`path_points`). Saved as safetensors (tensors) + JSON metadata in its header; the file's
     SHA-256 lives in the run's ``meta.json`` and is checked on every load (never unpickles).
     """
 
@@ -677,7 +690,8 @@ class ReplayState:
             error = header.get("trajectory_error")
             if schedule not in REPLAY_SCHEDULES or model_kind not in REPLAY_MODELS[1:]:
                 raise ValueError("schedule or model")
-            if error is not None and not (isinstance(error, (int, float)) and math.isfinite(error)):
+            if error is not None and (isinstance(error, bool) or not isinstance(error, (int, float))
+                                      or not math.isfinite(error)):
                 raise ValueError("trajectory_error")
             state = cls(nets, tensors["ids"], tensors["w0"], tensors["trained"], tensors["delta_full"], recipe,
                         str(header["params"]), float(header["fit_seconds"]), schedule,
@@ -687,7 +701,7 @@ class ReplayState:
             known = {"labels", "ids", "w0", "trained", "delta_full"} | {f"p{k}.{key}" for k in range(points)
                                                                         for key in cls._PER_POINT}
             _check_shapes(state, set(tensors) - known)
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError, ConfigError) as exc:
             raise ArtifactError(f"{where} is a malformed replay state ({exc}); re-create the run") from None
         return state
 

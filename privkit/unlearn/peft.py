@@ -505,11 +505,12 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
             report.text(f"The replay state was not kept: {replay_skipped}. fast-ntk uses the Newton step on this "
                         f"model.", title="Kept replay state (one-off cost)")
         elif keep_replay_state is not False:
+            from privkit.errors import ResourceError
             from privkit.unlearn.base import TrainingRecipe
             from privkit.unlearn.ntk_replay import ReplayRecipe, ReplayState, save_replay_state
 
-            # fast-ntk step="replay": the network linearised at points along w0 -> w* over the fine-tuning
-            # samples, in their training order, and the recipe replayed over all of them (one-off cost)
+            # fast-ntk step="replay": the network linearised at the fine-tuning's iterates over its samples,
+            # in their training order, and the recipe replayed over all of them (one-off cost)
             x_fine, attrs_fine = fine_set.materialize()
             try:
                 replay_state = ReplayState.fit(model, w0, x_fine, attrs_fine[:, ds.schema.index(target)],
@@ -517,7 +518,11 @@ def train_peft_run(ds, data_spec: str, target: str, out: Path, *, model_name: st
                                                    TrainingRecipe.from_config(config)), peft,
                                                replay_model=replay_model,
                                                **({} if replay_points is None else {"points": replay_points}))
-            except ConfigError as exc:  # e.g. the recipe does not train the linearised network: keep the model
+            except (ConfigError, ResourceError, RuntimeError, MemoryError) as exc:
+                # e.g. the recipe does not train the linearised network, or (kept by default, not asked for)
+                # memory ran out: keep the trained model either way
+                if keep_replay_state and not isinstance(exc, ConfigError):
+                    raise
                 report.text(f"The replay state was not kept: {exc}. fast-ntk uses the Newton step on this model.",
                             title="Kept replay state (one-off cost)")
             else:

@@ -375,3 +375,51 @@ def _metadata_of(path) -> str:
 
     with safe_open(str(path), "pt") as handle:
         return handle.metadata()[ReplayState._METADATA_KEY]
+
+
+def test_trajectory_points_that_share_a_step_and_leave_the_random_streams_alone():
+    """K > S: several points fall on one step (round half to even puts two of three on step 2 of 3);
+    the re-run seeds the training loop's generators without moving the caller's."""
+    import random
+
+    ds, model = _linear_problem(seed=6, n=30)
+    recipe = ReplayRecipe(epochs=1, batch_size=10, lr=0.05, anchor_penalty=0.01, seed=2)  # 3 steps
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train(model, ds, recipe, w0)
+    x, attrs = ds.materialize()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    expected = (torch.rand(1), np.random.rand(), random.random())
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    points, error = trajectory_points(model, w0, x, attrs[:, 0], recipe, 3)
+    assert (torch.rand(1), np.random.rand(), random.random()) == expected
+    assert error < 1e-6 and points is not None and len(points) == 3
+    torch.testing.assert_close(flatten_parameters(points[1], F64), flatten_parameters(points[2], F64))
+    assert not torch.equal(flatten_parameters(points[0], F64), flatten_parameters(points[1], F64))
+
+
+def test_replay_over_rows_of_a_bilinear_net_on_the_steps_schedule_equals_its_subset():
+    nets = [_bilinear_net(seed=0, n=50), _bilinear_net(seed=1, n=50)]
+    nets[1].labels = nets[0].labels
+    rows = torch.arange(1, 50, 3)
+    recipe = ReplayRecipe(epochs=2, batch_size=8, lr=0.05, anchor_penalty=0.01, seed=4)
+    assert torch.equal(replay_recipe(nets, recipe, rows=rows, schedule="steps"),
+                       replay_recipe([nt.subset(rows) for nt in nets], recipe, schedule="steps"))
+
+
+@pytest.mark.parametrize("field,value", [("trajectory_error", True), ("trajectory_error", "nan"),
+                                         ("schedule", "time"), ("model", "auto"), ("points", 1e400)])
+def test_a_tampered_format_2_header_is_refused(tmp_path, field, value):
+    from safetensors.torch import load_file, save_file
+
+    ds, model = _linear_problem(seed=2)
+    recipe = ReplayRecipe(epochs=1, batch_size=16, lr=0.05, anchor_penalty=0.01, seed=0)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train(model, ds, recipe, w0)
+    x, attrs = ds.materialize()
+    ReplayState.fit(model, w0, x, attrs[:, 0], ds.base_indices, recipe, "all").save(tmp_path / "s.safetensors")
+    header = json.loads(_metadata_of(tmp_path / "s.safetensors"))
+    header[field] = float(value) if value in ("nan", 1e400) else value
+    save_file(load_file(str(tmp_path / "s.safetensors")), str(tmp_path / "t.safetensors"),
+              metadata={ReplayState._METADATA_KEY: json.dumps(header)})
+    with pytest.raises(ArtifactError, match="malformed"):
+        ReplayState.from_bytes((tmp_path / "t.safetensors").read_bytes(), "t")
