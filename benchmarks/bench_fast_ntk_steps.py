@@ -53,20 +53,12 @@ def fmt(v) -> str:
 
 def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, repeats: int,
                  only: list[str] | None, replay_points: int, replay_model: str, replay_form: str) -> None:
-    from privkit.data import load_dataset
     from privkit.unlearn import get_unlearner
     from privkit.unlearn.metrics import GAP_KEYS, avg_gap, unlearning_metrics
-    from privkit.unlearn.peft import train_peft_run
     from privkit.unlearn.run import prepare_request, run_method
 
-    sc = dict(PEFT_SCENARIOS[key])
-    data = str(orl) if key == "orl" else sc["data"]
-    target = sc["target"]
-    ds = load_dataset(data, **sc["data_options"])
-    run = root / f"peft-{key}"
-    train_peft_run(ds, data, target, run, peft="bn", epochs=10, lr=1e-2, weight_decay=5e-4, seed=0, progress=False,
-                   keep_linearised_state="linearised-ce" in steps, keep_replay_state=True, replay_points=replay_points,
-                   replay_model=replay_model)
+    ds, data, target, run = peft_run(key, orl, root, keep_linearised_state="linearised-ce" in steps,
+                                     replay_points=replay_points, replay_model=replay_model)
     options = {"newton": {"step": "newton"}, "linearised-ce": {"step": "linearised-ce"},
                "replay": {"step": "replay", "replay_points": replay_points, "replay_form": replay_form}}
     for forget, role in REQUESTS[key].items():
@@ -104,6 +96,21 @@ def run_scenario(key: str, orl: Path, root: Path, steps: list[str], seeds: int, 
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
+def peft_run(key: str, orl: Path, root: Path, **options):
+    """``(dataset, data spec, target, run folder)``: the scenario's PEFT model, trained as ``privkit train
+    --peft bn --replay-state`` would (10 epochs, Adam 1e-2, w0-penalty 5e-4; ``options`` add to it)."""
+    from privkit.data import load_dataset
+    from privkit.unlearn.peft import train_peft_run
+
+    sc = dict(PEFT_SCENARIOS[key])
+    data = str(orl) if key == "orl" else sc["data"]
+    ds = load_dataset(data, **sc["data_options"])
+    run = root / f"peft-{key}"
+    train_peft_run(ds, data, sc["target"], run, peft="bn", epochs=10, lr=1e-2, weight_decay=5e-4, seed=0,
+                   progress=False, keep_replay_state=True, **options)
+    return ds, data, sc["target"], run
+
+
 def retrain_references(req, target: str, seeds: int) -> tuple[list[dict], dict]:
     """The metrics of ``seeds`` retrainings (seeds 0..seeds-1; ``RTE`` their seconds) and their mean."""
     import numpy as np
@@ -119,6 +126,19 @@ def retrain_references(req, target: str, seeds: int) -> tuple[list[dict], dict]:
         refs.append(unlearning_metrics(model, req.retain, req.forget, req.test, target, seconds, seed=0))
     req.context.seed = 0
     return refs, {k: float(np.mean([r[k] for r in refs])) for k in GAP_KEYS}
+
+
+def for_each_scenario(header: list[str], data: str, orl: Path, run) -> None:
+    """Print the table's header, then ``run(key, root)`` for each comma-separated scenario (ORL skipped,
+    with a line saying so, where ``orl`` is absent), in one temporary root folder."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in data.split(","):
+            if key == "orl" and not orl.is_dir():
+                print(f"skipping orl: {orl} not found")
+                continue
+            run(key, Path(tmp))
 
 
 def _bold(gap: float) -> str:
@@ -158,16 +178,10 @@ def main() -> None:
             header.append("replay path error (norm of w0 + delta_D - w* over norm of w* - w0)")
             header.append("replay model, points")
     header += ["retrain vs retrain seed 0 (other seeds)", "retrain mean UA / RA / TA / MIA", "load (1 min)"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header), flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for key in args.data.split(","):
-            if key == "orl" and not args.orl.is_dir():
-                print(f"skipping orl: {args.orl} not found")
-                continue
-            run_scenario(key, args.orl, Path(tmp), steps, args.retrain_seeds, args.repeats,
-                         args.requests.split(",") if args.requests else None, points, args.replay_model,
-                         args.replay_form)
+    only = args.requests.split(",") if args.requests else None
+    for_each_scenario(header, args.data, args.orl, lambda key, root: run_scenario(
+        key, args.orl, root, steps, args.retrain_seeds, args.repeats, only, points, args.replay_model,
+        args.replay_form))
 
 
 if __name__ == "__main__":

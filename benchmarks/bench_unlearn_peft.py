@@ -19,30 +19,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fast_ntk_steps import REQUESTS, _bold, retrain_references  # noqa: E402
-from bench_unlearn import DEFAULT_ORL, PEFT_SCENARIOS  # noqa: E402
+from bench_fast_ntk_steps import REQUESTS, _bold, for_each_scenario, peft_run, retrain_references  # noqa: E402
+from bench_unlearn import DEFAULT_ORL  # noqa: E402
 
 SKIP = ("ntk",)  # full-parameter NTK: see bench_unlearn.py's width-8 scenarios
 
 
 def run_scenario(key: str, orl: Path, root: Path, methods: list[str], seeds: int, only: list[str] | None) -> None:
-    from privkit.data import load_dataset
     from privkit.unlearn import get_unlearner
     from privkit.unlearn.metrics import GAP_KEYS, avg_gap, unlearning_metrics
-    from privkit.unlearn.peft import train_peft_run
     from privkit.unlearn.run import prepare_request, run_method
 
-    sc = dict(PEFT_SCENARIOS[key])
-    data = str(orl) if key == "orl" else sc["data"]
-    target = sc["target"]
-    ds = load_dataset(data, **sc["data_options"])
-    run = root / f"peft-{key}"
-    train_peft_run(ds, data, target, run, peft="bn", epochs=10, lr=1e-2, weight_decay=5e-4, seed=0, progress=False,
-                   keep_replay_state=True)
+    ds, data, target, run = peft_run(key, orl, root)
     for forget, role in REQUESTS[key].items():
         if (only and forget not in only) or (not only and role != "required"):
             continue
@@ -85,15 +76,9 @@ def main() -> None:
         p.error("--retrain-seeds must be at least 1")
     header = ["request", "method", "UA", "RA", "TA", "MIA eff.", "RTE s", "avg_gap vs retrain seed 0",
               f"avg_gap vs mean of {args.retrain_seeds} retrains", "note", "load (1 min)"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header), flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for key in args.data.split(","):
-            if key == "orl" and not args.orl.is_dir():
-                print(f"skipping orl: {args.orl} not found")
-                continue
-            run_scenario(key, args.orl, Path(tmp), methods, args.retrain_seeds,
-                         args.requests.split(",") if args.requests else None)
+    only = args.requests.split(",") if args.requests else None
+    for_each_scenario(header, args.data, args.orl,
+                      lambda key, root: run_scenario(key, args.orl, root, methods, args.retrain_seeds, only))
 
 
 if __name__ == "__main__":
